@@ -1,0 +1,265 @@
+"""Routes. Each one validates, talks to the engine, and shapes the answer."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from .. import SERVICE, __version__, telemetry
+from ..engine import TERMINAL, Job, JobStatus, NotAccepting, QueueFull
+from ..models.base import GenerationParams
+from .schemas import (
+    CLIENT_JOB_ID_PATTERN,
+    HealthResponse,
+    JobAccepted,
+    JobView,
+    ResponseMetadata,
+    StableAudioRequest,
+    StableAudioResponse,
+    Timings,
+)
+
+router = APIRouter()
+RETRY_AFTER_S = "5"
+
+
+def service(request: Request):
+    return request.app.state.service
+
+
+def ready_engine(request: Request):
+    state = service(request)
+    if state.status != "ok" or state.engine is None:
+        raise HTTPException(503, detail=state.reason or "not ready", headers={"Retry-After": RETRY_AFTER_S})
+    if not state.engine.accepting:
+        raise HTTPException(503, detail="the service is shutting down", headers={"Retry-After": RETRY_AFTER_S})
+    return state.engine
+
+
+ClientJobId = Annotated[
+    str | None, Query(pattern=CLIENT_JOB_ID_PATTERN, description="Echoed in meta; also accepted in the body.")
+]
+
+
+def _client_job_id(body: StableAudioRequest, query_value: str | None) -> str | None:
+    if query_value is not None and body.client_job_id is not None and query_value != body.client_job_id:
+        raise HTTPException(
+            422,
+            detail=[{"loc": ["query", "client_job_id"], "msg": "differs from body.client_job_id", "type": "value_error"}],
+        )
+    return query_value if query_value is not None else body.client_job_id
+
+
+def _check_model_limits(engine, body: StableAudioRequest) -> None:
+    """The schema holds the design note's bounds; the loaded model may allow less."""
+    limits = engine.model.limits
+    for name in ("duration", "guidance_scale", "num_inference_steps"):
+        bound = getattr(limits, name)
+        value = getattr(body, name)
+        if not bound.minimum <= value <= bound.maximum:
+            raise HTTPException(
+                422,
+                detail=[{
+                    "loc": ["body", name],
+                    "msg": f"must be between {bound.minimum:g} and {bound.maximum:g} for model {engine.model.name}",
+                    "type": "value_error",
+                }],
+            )
+
+
+def _submit(engine, body: StableAudioRequest, client_job_id: str | None) -> Job:
+    _check_model_limits(engine, body)
+    params = GenerationParams(
+        prompt=body.prompt,
+        duration=body.duration,
+        guidance_scale=body.guidance_scale,
+        num_inference_steps=body.num_inference_steps,
+        seed=body.seed,
+        negative_prompt=body.negative_prompt,
+    )
+    trace_id, span_id = telemetry.span_ids()
+    try:
+        return engine.submit(
+            params, format=body.format, client_job_id=client_job_id,
+            context={"trace_id": trace_id, "span_id": span_id},
+        )
+    except QueueFull as exc:
+        raise HTTPException(429, detail=str(exc), headers={"Retry-After": RETRY_AFTER_S}) from None
+    except NotAccepting as exc:
+        raise HTTPException(503, detail=str(exc), headers={"Retry-After": RETRY_AFTER_S}) from None
+
+
+def _meta(job: Job) -> ResponseMetadata:
+    ctx = job.context or {}
+    return ResponseMetadata(client_job_id=job.client_job_id, trace_id=ctx.get("trace_id"), span_id=ctx.get("span_id"))
+
+
+def _result(job: Job) -> StableAudioResponse:
+    res = job.result
+    assert res is not None
+    return StableAudioResponse(
+        audio_b64=base64.b64encode(res.data).decode("ascii"),
+        sample_rate=res.sample_rate,
+        duration=round(res.duration, 6),
+        meta=_meta(job),
+        channels=res.channels,
+        num_samples=res.num_samples,
+        seed=job.params.seed,
+        format=res.format,
+        timings=Timings(**job.timings),
+    )
+
+
+def _raise_for(job: Job) -> None:
+    if job.status == JobStatus.cancelled:
+        raise HTTPException(409, detail="the job was cancelled")
+    if job.status == JobStatus.failed:
+        headers = {"Retry-After": RETRY_AFTER_S} if job.error_status == 503 else None
+        raise HTTPException(job.error_status or 500, detail=job.error or "generation failed", headers=headers)
+
+
+@router.get("/health", response_model=HealthResponse, tags=["service"])
+def health(request: Request) -> Any:
+    state = service(request)
+    model = state.model.name if state.model is not None else None
+    if state.status == "ok":
+        return {"status": "ok", "service": SERVICE, "version": __version__, "model": model}
+    body = {"status": state.status, "service": SERVICE, "version": __version__, "model": model, "detail": state.reason}
+    return JSONResponse(body, status_code=503, headers={"Retry-After": RETRY_AFTER_S})
+
+
+@router.get("/ready", tags=["service"])
+def ready(request: Request) -> Any:
+    state = service(request)
+    if state.status == "ok" and state.engine is not None and state.engine.accepting:
+        return {"ready": True, "queue_depth": state.engine.queue_depth(), "running": state.engine.running_count()}
+    reason = state.reason if state.status != "ok" else "the engine is not accepting work (shutting down)"
+    return JSONResponse({"ready": False, "detail": reason}, status_code=503, headers={"Retry-After": RETRY_AFTER_S})
+
+
+@router.get("/models", tags=["service"])
+def models(request: Request) -> Any:
+    engine = ready_engine(request)
+    m = engine.model
+
+    def bound(b, kind):
+        return {"default": kind(b.default), "minimum": kind(b.minimum), "maximum": kind(b.maximum)}
+
+    return {
+        "name": m.name,
+        "family": m.family,
+        "device": m.device,
+        "dtype": m.dtype,
+        "sample_rate": m.sample_rate,
+        "channels": m.channels,
+        "max_duration": m.limits.duration.maximum,
+        "window": getattr(m, "window_mode", None),
+        "fields": {
+            "duration": bound(m.limits.duration, float),
+            "guidance_scale": bound(m.limits.guidance_scale, float),
+            "num_inference_steps": bound(m.limits.num_inference_steps, int),
+            "seed": {"default": None, "minimum": 0, "maximum": 2**32 - 1},
+            "format": {"default": "wav", "choices": ["wav", "flac", "ogg", "mp3"]},
+            "prompt": {"max_length": service(request).settings.max_prompt_chars},
+        },
+        "batching": {"max_batch_size": engine.max_batch_size, "queue_size": engine.queue_size},
+    }
+
+
+@router.post(
+    "/predict",
+    response_model=StableAudioResponse,
+    tags=["generate"],
+    responses={422: {"description": "invalid input"}, 429: {"description": "queue full"}, 503: {"description": "not ready"}},
+)
+async def predict(body: StableAudioRequest, request: Request, client_job_id: ClientJobId = None) -> Any:
+    """Generate and wait. A client that disconnects cancels its work."""
+    engine = ready_engine(request)
+    job = _submit(engine, body, _client_job_id(body, client_job_id))
+    queue = engine.subscribe(job)
+    try:
+        while job.status not in TERMINAL:
+            try:
+                await asyncio.wait_for(queue.get(), timeout=0.5)
+            except TimeoutError:
+                if await request.is_disconnected():
+                    engine.cancel(job.id)
+                    raise HTTPException(499, detail="client disconnected") from None
+    finally:
+        engine.unsubscribe(job, queue)
+    _raise_for(job)
+    return _result(job)
+
+
+@router.post("/jobs", status_code=202, response_model=JobAccepted, tags=["jobs"])
+def create_job(body: StableAudioRequest, request: Request, client_job_id: ClientJobId = None) -> Any:
+    engine = ready_engine(request)
+    job = _submit(engine, body, _client_job_id(body, client_job_id))
+    return JobAccepted(id=job.id, status=job.status.value, position=engine.position(job), meta=_meta(job))
+
+
+def _job_or_404(request: Request, job_id: str) -> Job:
+    engine = ready_engine(request)
+    job = engine.get(job_id)
+    if job is None:
+        raise HTTPException(404, detail=f"no job {job_id!r} (unknown, or expired after the retention time)")
+    return job
+
+
+def _job_view(request: Request, job: Job) -> JobView:
+    engine = ready_engine(request)
+    s = job.summary()
+    return JobView(
+        **{k: s[k] for k in ("id", "status", "step", "total_steps", "created", "started", "finished", "error")},
+        position=engine.position(job),
+        timings=Timings(**s["timings"]),
+        result=_result(job) if job.status == JobStatus.done else None,
+    )
+
+
+@router.get("/jobs/{job_id}", response_model=JobView, tags=["jobs"])
+def get_job(job_id: str, request: Request) -> Any:
+    return _job_view(request, _job_or_404(request, job_id))
+
+
+@router.delete("/jobs/{job_id}", response_model=JobView, tags=["jobs"])
+def cancel_job(job_id: str, request: Request) -> Any:
+    job = _job_or_404(request, job_id)
+    if job.status in (JobStatus.done, JobStatus.failed):
+        raise HTTPException(409, detail=f"job already {job.status.value}")
+    service(request).engine.cancel(job_id)
+    return _job_view(request, job)
+
+
+@router.get("/jobs/{job_id}/events", tags=["jobs"], response_class=StreamingResponse)
+async def job_events(job_id: str, request: Request) -> StreamingResponse:
+    """Server-Sent Events: `queued` (position), `step` (step/total), then `done`, `failed` or `cancelled`."""
+    job = _job_or_404(request, job_id)
+    engine = service(request).engine
+
+    async def stream():
+        queue = engine.subscribe(job)
+        try:
+            while True:
+                try:
+                    event = await asyncio.wait_for(queue.get(), timeout=15)
+                except TimeoutError:
+                    if await request.is_disconnected():
+                        return
+                    yield ": keep-alive\n\n"
+                    continue
+                yield f"event: {event['type']}\ndata: {json.dumps(event)}\n\n"
+                if event["type"] in ("done", "failed", "cancelled"):
+                    return
+        finally:
+            engine.unsubscribe(job, queue)
+
+    return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+
+_ = Depends  # reserved for auth dependencies

@@ -1,0 +1,145 @@
+"""Command line: `serve`, `generate`, `make-tiny`."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from pathlib import Path
+
+import typer
+
+from .config import Settings
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Stable Audio text-to-audio service and tool.")
+
+
+def _settings(**overrides) -> Settings:
+    return Settings(**{k: v for k, v in overrides.items() if v is not None})
+
+
+def _fail(message: str) -> None:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(2)
+
+
+@app.command()
+def serve(
+    model: str | None = typer.Option(None, help="Model directory or hub id [env STABLE_AUDIO_MODEL]."),
+    host: str | None = typer.Option(None, help="Bind address [env STABLE_AUDIO_HOST, default 127.0.0.1]."),
+    port: int | None = typer.Option(None, help="Port [env STABLE_AUDIO_PORT, default 2009]."),
+    device: str | None = typer.Option(None, help="auto, cuda, mps or cpu."),
+    dtype: str | None = typer.Option(None, help="auto, float32, float16 or bfloat16."),
+) -> None:
+    """Run the HTTP service."""
+    import uvicorn
+
+    from .api import create_app
+    from .models.loading import ModelLoadError, read_family, resolve_source
+
+    settings = _settings(model=model, host=host, port=port, device=device, dtype=dtype)
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:  # fail fast, before binding the port, when there are no weights at all
+        read_family(resolve_source(settings.resolved_model()))
+    except ModelLoadError as exc:
+        _fail(str(exc))
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        timeout_graceful_shutdown=35,
+    )
+
+
+@app.command()
+def generate(
+    prompt: str = typer.Argument(..., help="What to generate."),
+    output: Path = typer.Option(..., "-o", "--output", help="Output file; its extension picks the format."),
+    model: str | None = typer.Option(None, help="Model directory or hub id [env STABLE_AUDIO_MODEL]."),
+    duration: float = typer.Option(10.0, min=1.0, max=30.0, help="Seconds."),
+    steps: int = typer.Option(100, min=10, max=200, help="Denoising steps."),
+    guidance: float = typer.Option(7.0, min=1.0, max=20.0, help="Guidance scale."),
+    seed: int | None = typer.Option(None, min=0, max=2**32 - 1, help="Seed (random when absent)."),
+    negative_prompt: str | None = typer.Option(None, help="What to steer away from."),
+    format: str | None = typer.Option(None, "--format", help="wav, flac, ogg or mp3 (default: from -o)."),
+    device: str | None = typer.Option(None, help="auto, cuda, mps or cpu."),
+) -> None:
+    """Generate one clip to a file, with a progress bar, through the same engine as the service."""
+    from pydantic import ValidationError
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from .api.schemas import StableAudioRequest
+    from .audio import format_from_path
+    from .engine import Engine, JobStatus
+    from .models.base import GenerationParams
+    from .models.loading import ModelLoadError, load_model
+
+    fmt = format or format_from_path(str(output)) or "wav"
+    try:
+        body = StableAudioRequest(
+            prompt=prompt, duration=duration, guidance_scale=guidance, num_inference_steps=steps,
+            seed=seed, negative_prompt=negative_prompt, format=fmt,
+        )
+    except ValidationError as exc:
+        _fail("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()))
+    settings = _settings(model=model, device=device)
+    try:
+        loaded, _info = load_model(settings)
+    except ModelLoadError as exc:
+        _fail(str(exc))
+    engine = Engine(loaded, batch_wait_ms=0)
+    engine.start()
+    params = GenerationParams(
+        body.prompt, body.duration, body.guidance_scale, body.num_inference_steps, body.seed, body.negative_prompt
+    )
+
+    async def run() -> None:
+        job = engine.submit(params, format=body.format)
+        events = engine.subscribe(job)
+        with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                      TimeElapsedColumn(), transient=False) as bar:
+            task = bar.add_task("denoising", total=body.num_inference_steps)
+            while True:
+                event = await events.get()
+                if event["type"] == "step":
+                    bar.update(task, completed=event["step"], total=event["total"])
+                elif event["type"] in ("done", "failed", "cancelled"):
+                    break
+        if job.status != JobStatus.done:
+            _fail(job.error or job.status.value)
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_bytes(job.result.data)
+        typer.echo(
+            f"wrote {output} ({job.result.duration:.2f}s, {job.result.sample_rate} Hz, "
+            f"{job.result.channels} ch, {fmt}, seed {job.params.seed})"
+        )
+
+    try:
+        asyncio.run(run())
+    finally:
+        engine.shutdown(grace_s=0)
+
+
+@app.command("make-tiny")
+def make_tiny_cmd(
+    directory: Path = typer.Argument(..., help="Where to write the model."),
+    family: str = typer.Option("open-1.0", help="Model family: open-1.0."),
+    seed: int = typer.Option(0, help="Seed for the random weights."),
+) -> None:
+    """Write a tiny random-weight model (noise only) in the real diffusers layout, offline."""
+    from .models.tiny import make_tiny
+
+    try:
+        out = make_tiny(directory, family=family, seed=seed)
+    except ValueError as exc:
+        _fail(str(exc))
+    typer.echo(f"wrote a tiny random-weight {family} model to {out} (it makes noise, not music)")
+
+
+def main() -> None:
+    app(prog_name="stable-audio-service")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,50 @@
+"""All settings in one place: environment variables (prefix STABLE_AUDIO_) overridden by CLI flags."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_LOCAL_MODEL = Path("/tank/halfremembered/models/stable-audio/")
+DEFAULT_HUB_MODEL = "stabilityai/stable-audio-open-1.0"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="STABLE_AUDIO_", extra="ignore")
+
+    model: str | None = Field(
+        None,
+        description="Local diffusers-layout directory or hub repo id. Unset: the studio path if it holds a model, "
+        "else stabilityai/stable-audio-open-1.0 from the Hugging Face cache.",
+    )
+    host: str = "127.0.0.1"
+    port: int = Field(2009, ge=1, le=65535)
+    device: Literal["auto", "cuda", "mps", "cpu"] = "auto"
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    skip_memory_check: bool = False
+    window: Literal["full", "fit"] = Field(
+        "full", description="'full' samples diffusers' whole 1024-latent window; 'fit' only what the clip needs."
+    )
+
+    max_prompt_chars: int = Field(2000, ge=1)
+    max_batch_size: int = Field(4, ge=1)
+    batch_wait_ms: int = Field(20, ge=0)
+    queue_size: int = Field(64, ge=1)
+    queue_timeout_s: float = Field(900.0, gt=0, description="A request still queued after this long gets 503.")
+    text_cache_size: int = Field(256, ge=0)
+    job_ttl_s: float = Field(3600.0, gt=0)
+    max_jobs_kept: int = Field(256, ge=1)
+    max_body_bytes: int = Field(1_000_000, ge=1024)
+    api_key: str | None = Field(None, description="When set, every route but /health needs 'Authorization: Bearer'.")
+    cors_origins: str = Field("", description="Comma-separated origins allowed by CORS; empty: CORS off.")
+    log_level: str = "info"
+
+    def resolved_model(self) -> str:
+        if self.model:
+            return self.model
+        if (DEFAULT_LOCAL_MODEL / "model_index.json").is_file():
+            return str(DEFAULT_LOCAL_MODEL)
+        return DEFAULT_HUB_MODEL

@@ -1,0 +1,1 @@
+"""Model families (one module each), loading, and the offline tiny-model builder."""

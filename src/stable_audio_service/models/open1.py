@@ -1,0 +1,252 @@
+"""Stable Audio Open 1.0 (`diffusers.StableAudioPipeline`) as a step-wise, batchable model.
+
+The maths follows `StableAudioPipeline.__call__` line for line (prompt encoding,
+duration conditioning, classifier-free guidance, the scheduler step); what differs is
+the bookkeeping: every request keeps its own scheduler, generator and guidance scale so
+that requests with the same step count and window can share one transformer call
+without changing each other's audio.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections import OrderedDict
+from threading import Lock
+
+import numpy as np
+import torch
+
+from .base import Bound, GenerationError, GenerationParams, GenerationState, ModelLimits
+
+# The Oobleck decoder is convolutional: output sample n depends on latents within a
+# few frames of n // hop. Decoding the kept latents plus this margin reproduces the
+# full decode-then-crop (checked in tests/test_model.py).
+DECODE_MARGIN_LATENTS = 16
+
+OPEN1_LIMITS = ModelLimits(
+    duration=Bound(10.0, 1.0, 30.0),
+    guidance_scale=Bound(7.0, 1.0, 20.0),
+    num_inference_steps=Bound(100, 10, 200),
+)
+
+# torchsde warns on every step about float round-off at the interval ends; it is harmless.
+warnings.filterwarnings("ignore", message="Should have .* but got", module="torchsde")
+
+
+class TextEmbeddingCache:
+    """Bounded LRU of projected, masked text embeddings keyed by the exact text."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._items: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self._lock = Lock()
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, text: str) -> torch.Tensor | None:
+        with self._lock:
+            value = self._items.get(text)
+            if value is None:
+                self.misses += 1
+                return None
+            self._items.move_to_end(text)
+            self.hits += 1
+            return value
+
+    def put(self, text: str, value: torch.Tensor) -> None:
+        if self.capacity <= 0:
+            return
+        with self._lock:
+            self._items[text] = value
+            self._items.move_to_end(text)
+            while len(self._items) > self.capacity:
+                self._items.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+class StableAudioOpenModel:
+    family = "open-1.0"
+
+    def __init__(
+        self,
+        pipe,
+        name: str,
+        device: str,
+        dtype: torch.dtype,
+        window: str = "full",
+        text_cache_size: int = 256,
+    ) -> None:
+        self.pipe = pipe
+        self.name = name
+        self.device = device
+        self.torch_dtype = dtype
+        self.dtype = str(dtype).removeprefix("torch.")
+        self.window_mode = window
+        self.sample_rate = int(pipe.vae.config.sampling_rate)
+        self.channels = int(pipe.vae.config.audio_channels)
+        self.hop = int(pipe.vae.hop_length)
+        self.max_window = int(pipe.transformer.config.sample_size)
+        self.max_seconds = self.max_window * self.hop / self.sample_rate
+        self.limits = OPEN1_LIMITS
+        self.text_cache = TextEmbeddingCache(text_cache_size)
+        self._rotary: dict[int, tuple] = {}
+
+    # -- loading -------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(cls, path: str, name: str, device: str, dtype: torch.dtype, **kw) -> StableAudioOpenModel:
+        from diffusers import StableAudioPipeline
+
+        pipe = StableAudioPipeline.from_pretrained(path, dtype=dtype)
+        pipe = pipe.to(device)
+        pipe.set_progress_bar_config(disable=True)
+        for module in (pipe.transformer, pipe.vae, pipe.text_encoder, pipe.projection_model):
+            module.eval()
+        return cls(pipe, name=name, device=device, dtype=dtype, **kw)
+
+    # -- helpers -------------------------------------------------------------------
+    def window_for(self, duration: float) -> int:
+        if self.window_mode == "full":
+            return self.max_window
+        needed = math.ceil(duration * self.sample_rate / self.hop)
+        return min(self.max_window, 16 * math.ceil(needed / 16))
+
+    def batch_key(self, params: GenerationParams) -> tuple:
+        return (params.num_inference_steps, self.window_for(params.duration))
+
+    @torch.no_grad()
+    def encode_text(self, text: str) -> torch.Tensor:
+        """T5 + projection, masked at padding: the per-row result of the pipeline's `encode_prompt`."""
+        cached = self.text_cache.get(text)
+        if cached is not None:
+            return cached
+        pipe = self.pipe
+        tokens = pipe.tokenizer(
+            [text],
+            padding="max_length",
+            max_length=pipe.tokenizer.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        )
+        ids = tokens.input_ids.to(self.device)
+        mask = tokens.attention_mask.to(self.device)
+        hidden = pipe.text_encoder(ids, attention_mask=mask)[0]
+        hidden = pipe.projection_model(text_hidden_states=hidden).text_hidden_states
+        hidden = hidden * mask.unsqueeze(-1).to(hidden.dtype)
+        self.text_cache.put(text, hidden)
+        return hidden
+
+    def _rotary_for(self, length: int):
+        if length not in self._rotary:
+            from diffusers.models.embeddings import get_1d_rotary_pos_embed
+
+            self._rotary[length] = get_1d_rotary_pos_embed(
+                self.pipe.rotary_embed_dim, length, use_real=True, repeat_interleave_real=False
+            )
+        return self._rotary[length]
+
+    # -- the step-wise API -----------------------------------------------------------
+    @torch.no_grad()
+    def start(self, params: GenerationParams) -> GenerationState:
+        from diffusers.utils.torch_utils import randn_tensor
+
+        pipe = self.pipe
+        if params.duration > self.max_seconds:
+            raise GenerationError(f"duration {params.duration}s exceeds the model's {self.max_seconds:.2f}s")
+        cfg = params.guidance_scale > 1.0
+        text = self.encode_text(params.prompt)
+        seconds = pipe.projection_model(
+            start_seconds=torch.tensor([0.0], device=self.device),
+            end_seconds=torch.tensor([float(params.duration)], device=self.device),
+        )
+        s_start, s_end = seconds.seconds_start_hidden_states, seconds.seconds_end_hidden_states
+        cond = torch.cat([text, s_start, s_end], dim=1)
+        global_states = torch.cat([s_start, s_end], dim=2)
+        if not cfg:
+            uncond = None
+        elif params.negative_prompt is not None:
+            uncond = torch.cat([self.encode_text(params.negative_prompt), s_start, s_end], dim=1)
+        else:
+            uncond = torch.zeros_like(cond)
+
+        scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config)
+        scheduler.set_timesteps(params.num_inference_steps, device=self.device)
+        generator = torch.Generator("cpu").manual_seed(params.seed)
+        window = self.window_for(params.duration)
+        latents = randn_tensor(
+            (1, pipe.transformer.config.in_channels, window), generator=generator, device=torch.device(self.device),
+            dtype=cond.dtype,
+        )
+        latents = latents * scheduler.init_noise_sigma
+        return GenerationState(
+            params=params,
+            batch_key=self.batch_key(params),
+            total_steps=len(scheduler.timesteps),
+            extra={
+                "latents": latents,
+                "cond": cond,
+                "uncond": uncond,
+                "global": global_states,
+                "scheduler": scheduler,
+                "generator": generator,
+            },
+        )
+
+    @torch.no_grad()
+    def step(self, states: list[GenerationState]) -> None:
+        if not states:
+            return
+        keys = {s.batch_key for s in states}
+        steps = {s.step for s in states}
+        if len(keys) != 1 or len(steps) != 1:
+            raise ValueError("a batch must share its batch key and step")
+        ex = [s.extra for s in states]
+        t = ex[0]["scheduler"].timesteps[states[0].step]
+        cfg = any(e["uncond"] is not None for e in ex)
+        scaled = [e["scheduler"].scale_model_input(e["latents"], t) for e in ex]
+        if cfg:
+            inputs = torch.cat(scaled + scaled)
+            enc = torch.cat(
+                [e["uncond"] if e["uncond"] is not None else torch.zeros_like(e["cond"]) for e in ex]
+                + [e["cond"] for e in ex]
+            )
+            glob = torch.cat([e["global"] for e in ex] * 2)
+        else:
+            inputs = torch.cat(scaled)
+            enc = torch.cat([e["cond"] for e in ex])
+            glob = torch.cat([e["global"] for e in ex])
+        rotary = self._rotary_for(inputs.shape[2] + glob.shape[1])
+        pred = self.pipe.transformer(
+            inputs,
+            t.unsqueeze(0),
+            encoder_hidden_states=enc,
+            global_hidden_states=glob,
+            rotary_embedding=rotary,
+            return_dict=False,
+        )[0]
+        n = len(states)
+        for i, (state, e) in enumerate(zip(states, ex)):
+            if cfg:
+                uncond_pred, cond_pred = pred[i : i + 1], pred[n + i : n + i + 1]
+                if e["uncond"] is not None:
+                    noise = uncond_pred + state.params.guidance_scale * (cond_pred - uncond_pred)
+                else:
+                    noise = cond_pred
+            else:
+                noise = pred[i : i + 1]
+            e["latents"] = e["scheduler"].step(noise, t, e["latents"], generator=e["generator"]).prev_sample
+            state.step += 1
+
+    @torch.no_grad()
+    def finish(self, state: GenerationState) -> np.ndarray:
+        latents = state.extra["latents"]
+        end = int(state.params.duration * self.sample_rate)
+        keep = min(latents.shape[2], math.ceil(end / self.hop) + DECODE_MARGIN_LATENTS)
+        audio = self.pipe.vae.decode(latents[:, :, :keep]).sample[0, :, :end]
+        state.extra.clear()
+        audio = audio.float().cpu().numpy()
+        if not np.isfinite(audio).all():
+            raise GenerationError("the model produced non-finite audio (NaN or infinity)")
+        return np.clip(audio, -1.0, 1.0)
