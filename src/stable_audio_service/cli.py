@@ -78,8 +78,13 @@ def generate(
     fmt = format or format_from_path(str(output)) or "wav"
     try:
         body = StableAudioRequest(
-            prompt=prompt, duration=duration, guidance_scale=guidance, num_inference_steps=steps,
-            seed=seed, negative_prompt=negative_prompt, format=fmt,
+            prompt=prompt,
+            duration=duration,
+            guidance_scale=guidance,
+            num_inference_steps=steps,
+            seed=seed,
+            negative_prompt=negative_prompt,
+            format=fmt,
         )
     except ValidationError as exc:
         _fail("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()))
@@ -97,8 +102,13 @@ def generate(
     async def run() -> None:
         job = engine.submit(params, format=body.format)
         events = engine.subscribe(job)
-        with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                      TimeElapsedColumn(), transient=False) as bar:
+        with Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total}"),
+            TimeElapsedColumn(),
+            transient=False,
+        ) as bar:
             task = bar.add_task("denoising", total=body.num_inference_steps)
             while True:
                 event = await events.get()

@@ -18,7 +18,7 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 from . import audio as audio_io
@@ -27,7 +27,7 @@ from .models.base import AudioModel, GenerationError, GenerationParams, Generati
 log = logging.getLogger("stable_audio_service.engine")
 
 
-class JobStatus(str, Enum):
+class JobStatus(StrEnum):
     queued = "queued"
     running = "running"
     done = "done"
@@ -81,6 +81,12 @@ class Job:
     cancel_reason: str | None = None  # set when the service (not the client) stops the job
     subscribers: list = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+    # (name, start_ns, end_ns, attributes) in time.time_ns() clock, for telemetry spans
+    phases: list[tuple[str, int, int, dict]] = field(default_factory=list)
+
+    def phase(self, name: str, start_ns: int, end_ns: int, **attrs: Any) -> None:
+        self.phases.append((name, start_ns, end_ns, attrs))
+        self.timings[f"{name}_s"] = round((end_ns - start_ns) / 1e9, 4)
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -329,12 +335,13 @@ class Engine:
                     break
                 self._cond.wait(timeout=remaining)
             batch = [j for j in self._pending if self.model.batch_key(j.params) == key][: self.max_batch_size]
+            now_ns = time.time_ns()
             for job in batch:
                 self._pending.remove(job)
                 job.status = JobStatus.running
-                job.started = time.time()
+                job.started = now_ns / 1e9
                 job.batch_size = len(batch)
-                job.timings["queue_s"] = round(job.started - job.created, 4)
+                job.phase("queue", int(job.created * 1e9), now_ns, batch_size=len(batch))
             self._running = list(batch)
             waiting = list(self._pending)
         for pos, job in enumerate(waiting, start=1):
@@ -366,14 +373,14 @@ class Engine:
         active: list[tuple[Job, GenerationState]] = []
         for job in batch:
             try:
-                t0 = time.perf_counter()
+                t0 = time.time_ns()
                 state = model.start(job.params)
-                job.timings["encode_s"] = round(time.perf_counter() - t0, 4)
+                job.phase("encode", t0, time.time_ns())
                 job.total_steps = state.total_steps
                 active.append((job, state))
             except Exception as exc:
                 self._fail_for(job, exc)
-        t_denoise = time.perf_counter()
+        t_denoise = time.time_ns()
         while active:
             keep = []
             for job, state in active:
@@ -398,16 +405,16 @@ class Engine:
                 job.step = state.step
                 self._publish(job, {"type": "step", "step": state.step, "total": state.total_steps})
             self._sweep_expired()
-        denoise_s = round(time.perf_counter() - t_denoise, 4)
+        t_denoised = time.time_ns()
         for job, state in active:
-            job.timings["denoise_s"] = denoise_s
+            job.phase("denoise", t_denoise, t_denoised, steps=state.total_steps, batch_size=job.batch_size)
             try:
-                t0 = time.perf_counter()
+                t0 = time.time_ns()
                 samples = model.finish(state)
-                job.timings["decode_s"] = round(time.perf_counter() - t0, 4)
-                t0 = time.perf_counter()
+                t1 = time.time_ns()
+                job.phase("decode", t0, t1)
                 data = audio_io.encode(samples, model.sample_rate, job.format)
-                job.timings["audio_encode_s"] = round(time.perf_counter() - t0, 4)
+                job.phase("audio_encode", t1, time.time_ns(), format=job.format)
                 job.result = JobResult(data, job.format, model.sample_rate, samples.shape[0], samples.shape[1])
                 self._end(job, JobStatus.done)
             except Exception as exc:

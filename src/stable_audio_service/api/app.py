@@ -55,7 +55,11 @@ class ServiceState:
             self.status, self.reason = "ok", None
             log.info(
                 "model ready: %s (%s) on %s/%s in %.1fs",
-                model.name, model.family, model.device, model.dtype, time.perf_counter() - started,
+                model.name,
+                model.family,
+                model.device,
+                model.dtype,
+                time.perf_counter() - started,
             )
         except ModelLoadError as exc:
             self.status, self.reason = "error", str(exc)

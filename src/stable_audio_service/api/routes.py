@@ -7,7 +7,7 @@ import base64
 import json
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from .. import SERVICE, __version__, telemetry
@@ -50,7 +50,9 @@ def _client_job_id(body: StableAudioRequest, query_value: str | None) -> str | N
     if query_value is not None and body.client_job_id is not None and query_value != body.client_job_id:
         raise HTTPException(
             422,
-            detail=[{"loc": ["query", "client_job_id"], "msg": "differs from body.client_job_id", "type": "value_error"}],
+            detail=[
+                {"loc": ["query", "client_job_id"], "msg": "differs from body.client_job_id", "type": "value_error"}
+            ],
         )
     return query_value if query_value is not None else body.client_job_id
 
@@ -64,11 +66,13 @@ def _check_model_limits(engine, body: StableAudioRequest) -> None:
         if not bound.minimum <= value <= bound.maximum:
             raise HTTPException(
                 422,
-                detail=[{
-                    "loc": ["body", name],
-                    "msg": f"must be between {bound.minimum:g} and {bound.maximum:g} for model {engine.model.name}",
-                    "type": "value_error",
-                }],
+                detail=[
+                    {
+                        "loc": ["body", name],
+                        "msg": f"must be between {bound.minimum:g} and {bound.maximum:g} for model {engine.model.name}",
+                        "type": "value_error",
+                    }
+                ],
             )
 
 
@@ -82,11 +86,15 @@ def _submit(engine, body: StableAudioRequest, client_job_id: str | None) -> Job:
         seed=body.seed,
         negative_prompt=body.negative_prompt,
     )
+    from opentelemetry import context as otel_context
+
     trace_id, span_id = telemetry.span_ids()
     try:
         return engine.submit(
-            params, format=body.format, client_job_id=client_job_id,
-            context={"trace_id": trace_id, "span_id": span_id},
+            params,
+            format=body.format,
+            client_job_id=client_job_id,
+            context={"trace_id": trace_id, "span_id": span_id, "otel": otel_context.get_current()},
         )
     except QueueFull as exc:
         raise HTTPException(429, detail=str(exc), headers={"Retry-After": RETRY_AFTER_S}) from None
@@ -175,7 +183,11 @@ def models(request: Request) -> Any:
     "/predict",
     response_model=StableAudioResponse,
     tags=["generate"],
-    responses={422: {"description": "invalid input"}, 429: {"description": "queue full"}, 503: {"description": "not ready"}},
+    responses={
+        422: {"description": "invalid input"},
+        429: {"description": "queue full"},
+        503: {"description": "not ready"},
+    },
 )
 async def predict(body: StableAudioRequest, request: Request, client_job_id: ClientJobId = None) -> Any:
     """Generate and wait. A client that disconnects cancels its work."""
@@ -260,6 +272,3 @@ async def job_events(job_id: str, request: Request) -> StreamingResponse:
             engine.unsubscribe(job, queue)
 
     return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
-
-
-_ = Depends  # reserved for auth dependencies

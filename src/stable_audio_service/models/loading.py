@@ -166,7 +166,11 @@ def load_model(settings: Settings):
         memory = estimate_memory(path, device, dtype, OPEN1_LIMITS.duration.maximum)
         log.info(
             "memory: need %.2f GiB (weights %.2f + working %.2f), %s %.2f GiB",
-            memory.needed / GIB, memory.weights / GIB, memory.working / GIB, memory.where, memory.available / GIB,
+            memory.needed / GIB,
+            memory.weights / GIB,
+            memory.working / GIB,
+            memory.where,
+            memory.available / GIB,
         )
         if not memory.ok:
             raise ModelLoadError(
@@ -178,7 +182,11 @@ def load_model(settings: Settings):
     name = source if source != str(DEFAULT_LOCAL_MODEL) else DEFAULT_HUB_MODEL
     try:
         model = StableAudioOpenModel.from_pretrained(
-            str(path), name=name, device=device, dtype=dtype, window=settings.window,
+            str(path),
+            name=name,
+            device=device,
+            dtype=dtype,
+            window=settings.window,
             text_cache_size=settings.text_cache_size,
         )
     except Exception as exc:

@@ -176,7 +176,9 @@ class StableAudioOpenModel:
         generator = torch.Generator("cpu").manual_seed(params.seed)
         window = self.window_for(params.duration)
         latents = randn_tensor(
-            (1, pipe.transformer.config.in_channels, window), generator=generator, device=torch.device(self.device),
+            (1, pipe.transformer.config.in_channels, window),
+            generator=generator,
+            device=torch.device(self.device),
             dtype=cond.dtype,
         )
         latents = latents * scheduler.init_noise_sigma
@@ -227,7 +229,7 @@ class StableAudioOpenModel:
             return_dict=False,
         )[0]
         n = len(states)
-        for i, (state, e) in enumerate(zip(states, ex)):
+        for i, (state, e) in enumerate(zip(states, ex, strict=True)):
             if cfg:
                 uncond_pred, cond_pred = pred[i : i + 1], pred[n + i : n + i + 1]
                 if e["uncond"] is not None:
