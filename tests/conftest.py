@@ -44,3 +44,45 @@ def decode_b64(audio_b64: str):
 
 
 FAST = {"duration": 1.0, "num_inference_steps": 10}
+
+
+class LiveServer:
+    """The app under a real uvicorn on a free loopback port, in a thread (for disconnects and load)."""
+
+    def __init__(self, settings: Settings, loader=None) -> None:
+        import socket
+        import threading
+
+        import uvicorn
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.app = create_app(settings, loader=loader)
+        self.server = uvicorn.Server(
+            uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on")
+        )
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        import time
+
+        deadline = time.time() + 60
+        while not self.server.started and time.time() < deadline:
+            time.sleep(0.05)
+        assert self.app.state.service.loaded.wait(120)
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    @property
+    def engine(self):
+        return self.app.state.service.engine
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(60)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    from . import reliability_report
+
+    if reliability_report.FIGURES and exitstatus == 0:
+        reliability_report.write(Path(__file__).resolve().parent.parent / "RELIABILITY.md")

@@ -21,15 +21,34 @@ def test_health_ok_once_loaded(client):
     assert body["version"] and body["model"]
 
 
-def test_request_contract_defaults_and_bounds():
-    fields = StableAudioRequest.model_fields
-    assert fields["duration"].default == 10.0
-    assert fields["guidance_scale"].default == 7.0
-    assert fields["num_inference_steps"].default == 100
-    schema = StableAudioRequest.model_json_schema()["properties"]
-    assert (schema["duration"]["minimum"], schema["duration"]["maximum"]) == (1.0, 30.0)
-    assert (schema["guidance_scale"]["minimum"], schema["guidance_scale"]["maximum"]) == (1.0, 20.0)
-    assert (schema["num_inference_steps"]["minimum"], schema["num_inference_steps"]["maximum"]) == (10, 200)
+def test_request_contract_defaults_and_bounds(client):
+    """The design note's contract for open-1.0 (defaults 10 s / 7 / 100; 1-30 s, 1-20, 10-200). The static
+    schema holds only loose outer bounds (other families allow more); the loaded model's limits decide."""
+    fields = client.get("/models").json()["fields"]
+    assert fields["duration"] == {"default": 10.0, "minimum": 1.0, "maximum": 30.0}
+    assert fields["guidance_scale"] == {"default": 7.0, "minimum": 1.0, "maximum": 20.0}
+    assert fields["num_inference_steps"] == {"default": 100, "minimum": 10, "maximum": 200}
+    # omitted fields take the loaded model's defaults
+    job = client.post("/jobs", json={"prompt": "defaults", "seed": 1}).json()
+    params = client.app.state.service.engine.get(job["id"]).params
+    client.delete(f"/jobs/{job['id']}")
+    assert (params.duration, params.guidance_scale, params.num_inference_steps) == (10.0, 7.0, 100)
+    # each bound is enforced with a 422 that names the field and states the limit
+    for name, low, high, bad_low, bad_high in [
+        ("duration", 1, 30, 0.99, 30.01),
+        ("guidance_scale", 1, 20, 0.5, 20.5),
+        ("num_inference_steps", 10, 200, 9, 201),
+    ]:
+        for bad in (bad_low, bad_high):
+            r = client.post("/predict", json={"prompt": "a", name: bad})
+            assert r.status_code == 422, (name, bad)
+            errors = [e for e in r.json()["detail"] if e["loc"][-1] == name]
+            assert errors, r.json()
+            assert str(low if bad == bad_low else high) in errors[0]["msg"], errors[0]["msg"]
+    # the OpenAPI document still shows the open-1.0 defaults
+    props = client.app.openapi()["components"]["schemas"]["StableAudioRequest"]["properties"]
+    assert (props["duration"]["default"], props["guidance_scale"]["default"]) == (10.0, 7.0)
+    assert props["num_inference_steps"]["default"] == 100
     assert "prompt" in StableAudioRequest.model_json_schema()["required"]
     assert set(StableAudioResponse.model_fields) >= {
         "audio_b64", "sample_rate", "duration", "meta", "channels", "num_samples", "seed", "format"

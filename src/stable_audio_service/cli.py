@@ -32,8 +32,7 @@ def serve(
     dtype: str | None = typer.Option(None, help="auto, float32, float16 or bfloat16."),
 ) -> None:
     """Run the HTTP service."""
-    import uvicorn
-
+    from . import serving
     from .api import create_app
     from .models.loading import ModelLoadError, read_family, resolve_source
 
@@ -43,13 +42,7 @@ def serve(
         read_family(resolve_source(settings.resolved_model()))
     except ModelLoadError as exc:
         _fail(str(exc))
-    uvicorn.run(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level,
-        timeout_graceful_shutdown=35,
-    )
+    serving.run(create_app(settings), settings)  # graceful SIGTERM: answers in-flight work, flushes telemetry
 
 
 @app.command()
@@ -57,9 +50,9 @@ def generate(
     prompt: str = typer.Argument(..., help="What to generate."),
     output: Path = typer.Option(..., "-o", "--output", help="Output file; its extension picks the format."),
     model: str | None = typer.Option(None, help="Model directory or hub id [env STABLE_AUDIO_MODEL]."),
-    duration: float = typer.Option(10.0, min=1.0, max=30.0, help="Seconds."),
-    steps: int = typer.Option(100, min=10, max=200, help="Denoising steps."),
-    guidance: float = typer.Option(7.0, min=1.0, max=20.0, help="Guidance scale."),
+    duration: float | None = typer.Option(None, help="Seconds [model default: 10; open-1.0 allows 1-30]."),
+    steps: int | None = typer.Option(None, help="Denoising steps [model default: open-1.0 100 (10-200), sa3 8]."),
+    guidance: float | None = typer.Option(None, help="Guidance scale [model default: open-1.0 7, sa3 1 = off]."),
     seed: int | None = typer.Option(None, min=0, max=2**32 - 1, help="Seed (random when absent)."),
     negative_prompt: str | None = typer.Option(None, help="What to steer away from."),
     format: str | None = typer.Option(None, "--format", help="wav, flac, ogg or mp3 (default: from -o)."),
@@ -93,6 +86,12 @@ def generate(
         loaded, _info = load_model(settings)
     except ModelLoadError as exc:
         _fail(str(exc))
+    for name in ("duration", "guidance_scale", "num_inference_steps"):  # the loaded model's defaults and limits
+        bound = getattr(loaded.limits, name)
+        if getattr(body, name) is None:
+            setattr(body, name, int(bound.default) if name == "num_inference_steps" else float(bound.default))
+        if not bound.minimum <= getattr(body, name) <= bound.maximum:
+            _fail(f"{name} must be between {bound.minimum:g} and {bound.maximum:g} for {loaded.name}")
     engine = Engine(loaded, batch_wait_ms=0)
     engine.start()
     params = GenerationParams(
@@ -134,7 +133,7 @@ def generate(
 @app.command("make-tiny")
 def make_tiny_cmd(
     directory: Path = typer.Argument(..., help="Where to write the model."),
-    family: str = typer.Option("open-1.0", help="Model family: open-1.0."),
+    family: str = typer.Option("open-1.0", help="open-1.0 (StableAudioPipeline) or sa3 (StableAudio3Pipeline)."),
     seed: int = typer.Option(0, help="Seed for the random weights."),
 ) -> None:
     """Write a tiny random-weight model (noise only) in the real diffusers layout, offline."""

@@ -38,9 +38,27 @@ class Settings(BaseSettings):
     job_ttl_s: float = Field(3600.0, gt=0)
     max_jobs_kept: int = Field(256, ge=1)
     max_body_bytes: int = Field(1_000_000, ge=1024)
+    max_duration: float | None = Field(
+        None,
+        gt=0,
+        description="Cap on request duration in seconds for models that allow long clips (sa3: up to 120 s small, "
+        "380 s medium). Unset: the model's own maximum. open-1.0 keeps its 30 s contract.",
+    )
+    max_upload_bytes: int = Field(
+        8_000_000, ge=1024, description="Largest decoded audio upload (init_audio_b64 / inpaint_audio_b64) in bytes."
+    )
+    max_upload_seconds: float = Field(
+        400.0, gt=0, description="Longest audio upload in seconds (after decoding, before resampling)."
+    )
     api_key: str | None = Field(None, description="When set, every route but /health needs 'Authorization: Bearer'.")
     cors_origins: str = Field("", description="Comma-separated origins allowed by CORS; empty: CORS off.")
     log_level: str = "info"
+    shutdown_grace_s: float = Field(
+        30.0,
+        ge=0,
+        description="On SIGTERM: stop taking work, let queued and running requests finish for this long, answer the "
+        "rest with 503, flush telemetry, exit 0.",
+    )
 
     def resolved_model(self) -> str:
         if self.model:

@@ -4,6 +4,7 @@ that `/health` can say "loading" (503) instead of the port staying closed."""
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -12,16 +13,42 @@ from typing import Any
 
 import anyio
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import SERVICE, __version__, telemetry
 from ..config import Settings
 from ..engine import Engine
 from ..models.loading import ModelLoadError, load_model
+from ..web import router as web_router
+from .metrics import router as metrics_router
 from .routes import router
+from .security import GuardMiddleware
 
 log = logging.getLogger("stable_audio_service")
+
+
+_PATH = re.compile(r"(?<![\w.:/-])/(?:[\w.@+-]+/)*[\w.@+-]+/?")
+
+
+def public_reason(message: str) -> str:
+    """What a load failure says over HTTP: the first line, local paths hidden (the log has them)."""
+    first = message.strip().splitlines()[0] if message.strip() else "unknown error"
+    return _PATH.sub("<path>", first)
+
+
+def validation_details(errors: Any) -> list[dict]:
+    """FastAPI's 422 body without echoing the input back: it may be huge, binary, or NaN (not JSON)."""
+    out = []
+    for err in errors:
+        item = {"loc": list(err.get("loc", ())), "msg": str(err.get("msg", "")), "type": str(err.get("type", ""))}
+        ctx = err.get("ctx")
+        if ctx:
+            item["ctx"] = {str(k): v if isinstance(v, (int, str)) else str(v) for k, v in ctx.items()}
+        out.append(item)
+    return out
 
 
 class ServiceState:
@@ -49,30 +76,37 @@ class ServiceState:
                 queue_timeout_s=self.settings.queue_timeout_s,
                 job_ttl_s=self.settings.job_ttl_s,
                 max_jobs_kept=self.settings.max_jobs_kept,
+                observer=telemetry.observer_for(model),
             )
             engine.start()
+            telemetry.watch_engine(engine)
             self.model, self.info, self.engine = model, info, engine
             self.status, self.reason = "ok", None
+            memory = getattr(info, "memory", None)
             log.info(
-                "model ready: %s (%s) on %s/%s in %.1fs",
+                "model ready: model=%s family=%s device=%s dtype=%s load_s=%.1f memory_needed_gib=%s "
+                "memory_found_gib=%s (%s)",
                 model.name,
                 model.family,
                 model.device,
                 model.dtype,
                 time.perf_counter() - started,
+                f"{memory.needed / 2**30:.2f}" if memory else "unchecked",
+                f"{memory.available / 2**30:.2f}" if memory else "unchecked",
+                memory.where if memory else "memory check skipped",
             )
         except ModelLoadError as exc:
-            self.status, self.reason = "error", str(exc)
+            self.status, self.reason = "error", public_reason(str(exc))
             log.error("model failed to load: %s", exc)
         except Exception as exc:  # an unexpected failure still must not look healthy
-            self.status, self.reason = "error", f"model failed to load: {type(exc).__name__}: {exc}"
+            self.status, self.reason = "error", public_reason(f"model failed to load: {type(exc).__name__}: {exc}")
             log.exception("model failed to load")
         finally:
             self.loaded.set()
 
-    def shutdown(self, grace_s: float = 30.0) -> None:
+    def shutdown(self, grace_s: float | None = None) -> None:
         if self.engine is not None:
-            self.engine.shutdown(grace_s)
+            self.engine.shutdown(self.settings.shutdown_grace_s if grace_s is None else grace_s)
 
 
 def create_app(settings: Settings | None = None, loader: Callable | None = None) -> FastAPI:
@@ -81,10 +115,11 @@ def create_app(settings: Settings | None = None, loader: Callable | None = None)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        telemetry.setup_tracing()
+        telemetry.setup()
         threading.Thread(target=state.load, name="model-loader", daemon=True).start()
         yield
         await anyio.to_thread.run_sync(state.shutdown)
+        await anyio.to_thread.run_sync(telemetry.force_flush)
 
     app = FastAPI(
         title="stable-audio-service",
@@ -94,12 +129,29 @@ def create_app(settings: Settings | None = None, loader: Callable | None = None)
     )
     app.state.service = state
     app.include_router(router)
+    app.include_router(metrics_router)
+    app.include_router(web_router)
+    app.add_middleware(GuardMiddleware, max_body_bytes=settings.max_body_bytes, api_key=settings.api_key)
     if settings.cors_origins.strip():
         app.add_middleware(
             CORSMiddleware,
             allow_origins=[o.strip() for o in settings.cors_origins.split(",") if o.strip()],
             allow_methods=["GET", "POST", "DELETE"],
             allow_headers=["Authorization", "Content-Type"],
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"detail": validation_details(exc.errors())}, status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400 and exc.detail == "There was an error parsing the body":
+            # e.g. invalid UTF-8: the same class of mistake as malformed JSON, so the same 422 shape
+            msg = "the request body could not be parsed: it must be UTF-8 JSON"
+            return JSONResponse({"detail": [{"loc": ["body"], "msg": msg, "type": "json_invalid"}]}, status_code=422)
+        return JSONResponse(
+            {"detail": exc.detail}, status_code=exc.status_code, headers=getattr(exc, "headers", None)
         )
 
     @app.exception_handler(Exception)
@@ -109,5 +161,11 @@ def create_app(settings: Settings | None = None, loader: Callable | None = None)
 
     from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
-    FastAPIInstrumentor.instrument_app(app, excluded_urls="health", tracer_provider=telemetry.setup_tracing())
+    FastAPIInstrumentor.instrument_app(
+        app,
+        excluded_urls="health,metrics",
+        tracer_provider=telemetry.setup_tracing(),
+        meter_provider=telemetry.meter_provider(),
+        exclude_spans=["receive", "send"],  # the SERVER span is the request span; meta carries its ids
+    )
     return app

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 CLIENT_JOB_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,256}$"
 CLIENT_JOB_ID_RE = re.compile(CLIENT_JOB_ID_PATTERN)
@@ -23,17 +23,83 @@ def _clean_text(value: str | None, field: str) -> str | None:
     return value
 
 
+# The longest clip any known model makes (Stable Audio 3 medium); each model's own limit is enforced per request.
+MAX_DURATION_ANY_MODEL = 380.0
+DEFAULT_INIT_NOISE_LEVEL = 0.6
+MAX_INPAINT_REGIONS = 16
+
+
+class InpaintRegion(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    start_s: float = Field(..., ge=0.0, description="Start of the region to regenerate, seconds.")
+    end_s: float = Field(..., gt=0.0, description="End of the region, seconds; after start_s.")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> InpaintRegion:
+        if self.end_s <= self.start_s:
+            raise ValueError("end_s must be after start_s")
+        return self
+
+
 class StableAudioRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     prompt: str = Field(..., min_length=1, max_length=MAX_PROMPT_CHARS, description="What to generate.")
-    duration: float = Field(10.0, ge=1.0, le=30.0, description="Seconds of audio.")
-    guidance_scale: float = Field(7.0, ge=1.0, le=20.0, description="Classifier-free guidance; 1 turns it off.")
-    num_inference_steps: int = Field(100, ge=10, le=200, description="Denoising steps.")
+    # Defaults and bounds of these three come from the loaded model (GET /models `fields`); the
+    # static bounds below are the loose outer limits of every family. Omitted: the model's default.
+    duration: float | None = Field(
+        None,
+        ge=1.0,
+        le=MAX_DURATION_ANY_MODEL,
+        description="Seconds of audio. Default and range depend on the loaded model (GET /models): "
+        "stable-audio-open-1.0 10 s, 1-30; Stable Audio 3 10 s, up to 120 (small) or 380 (medium) "
+        "or the operator's STABLE_AUDIO_MAX_DURATION.",
+        json_schema_extra={"default": 10.0},
+    )
+    guidance_scale: float | None = Field(
+        None,
+        ge=1.0,
+        le=20.0,
+        description="Classifier-free guidance; 1 turns it off. Default per model: 7 for stable-audio-open-1.0, "
+        "1 (off: guidance is distilled into the weights) for Stable Audio 3.",
+        json_schema_extra={"default": 7.0},
+    )
+    num_inference_steps: int | None = Field(
+        None,
+        ge=1,
+        le=200,
+        description="Denoising steps. Default and range per model: stable-audio-open-1.0 100, 10-200; "
+        "Stable Audio 3 8, 1-200.",
+        json_schema_extra={"default": 100},
+    )
     seed: int | None = Field(None, ge=0, le=MAX_SEED, description="Same seed and parameters give the same audio.")
     negative_prompt: str | None = Field(None, max_length=MAX_PROMPT_CHARS, description="What to steer away from.")
     format: AudioFormat = Field("wav", description="wav (16-bit PCM), flac (16-bit), ogg (Vorbis) or mp3.")
     client_job_id: str | None = Field(None, pattern=CLIENT_JOB_ID_PATTERN, description="Echoed in meta.")
+    init_audio_b64: str | None = Field(
+        None,
+        description="Audio-to-audio: base64 of a wav, flac, ogg or mp3 file (any sample rate and channel count; "
+        "converted to the model's). Size and length limits: GET /models `uploads`. Stable Audio 3 noises it to "
+        "init_noise_level and denoises from there; stable-audio-open-1.0 adds its latents to full-strength noise "
+        "(diffusers' initial_audio_waveforms), which changes the result only slightly (see docs/models.md).",
+    )
+    init_noise_level: float | None = Field(
+        None,
+        gt=0.0,
+        le=1.0,
+        description=f"Audio-to-audio strength (Stable Audio 3 only), in (0, 1]: 1 ignores the audio, lower keeps "
+        f"more of it. Default {DEFAULT_INIT_NOISE_LEVEL}.",
+    )
+    inpaint_audio_b64: str | None = Field(
+        None,
+        description="Inpainting / continuation (Stable Audio 3 only): base64 of the source audio file. The output "
+        "is `duration` long; inpaint_regions are regenerated, everything else is the source unchanged; anything "
+        "past the source's end is generated (continuation).",
+    )
+    inpaint_regions: list[InpaintRegion] | None = Field(
+        None, max_length=MAX_INPAINT_REGIONS, description="Regions of the output to regenerate, in seconds."
+    )
 
     @field_validator("prompt")
     @classmethod

@@ -40,6 +40,12 @@ class GenerationParams:
     num_inference_steps: int
     seed: int
     negative_prompt: str | None = None
+    # Audio-to-audio: float32 (channels, samples) already at the model's rate and channel count.
+    init_audio: Any = None
+    init_noise_level: float | None = None
+    # Inpainting / continuation (sa3): the source, and (start_s, end_s) regions to regenerate.
+    inpaint_audio: Any = None
+    inpaint_regions: list[tuple[float, float]] | None = None
 
 
 @dataclass

@@ -10,6 +10,7 @@ import json
 import logging
 import math
 import struct
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +19,9 @@ import torch
 from ..config import DEFAULT_HUB_MODEL, DEFAULT_LOCAL_MODEL, Settings
 
 log = logging.getLogger("stable_audio_service")
+# diffusers/accelerate build models under a process-wide "empty weights" context: two loads at once in
+# one process corrupt each other ("Cannot copy out of meta tensor"), so loads take turns.
+_LOAD_LOCK = threading.Lock()
 
 DTYPE_BYTES = {torch.float32: 4, torch.float16: 2, torch.bfloat16: 2}
 GIB = 1024**3
@@ -76,12 +80,28 @@ def resolve_source(source: str) -> Path:
         ) from None
 
 
+# model_index.json's pipeline class -> the family that serves it (the audio-to-audio and inpaint
+# pipelines of SA3 share StableAudio3Pipeline's components, so their directories load the same way).
+FAMILIES = {
+    "StableAudioPipeline": "open-1.0",
+    "StableAudio3Pipeline": "sa3",
+    "StableAudio3AudioToAudioPipeline": "sa3",
+    "StableAudio3InpaintPipeline": "sa3",
+}
+
+
 def read_family(path: Path) -> str:
-    index = json.loads((path / "model_index.json").read_text())
-    cls = index.get("_class_name", "")
-    if cls == "StableAudioPipeline":
-        return "open-1.0"
-    raise ModelLoadError(f"{path}/model_index.json names {cls!r}; this service serves StableAudioPipeline models.")
+    try:
+        index = json.loads((path / "model_index.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"{path}/model_index.json cannot be read: {type(exc).__name__}: {exc}") from None
+    cls = index.get("_class_name", "") if isinstance(index, dict) else ""
+    if cls in FAMILIES:
+        return FAMILIES[cls]
+    raise ModelLoadError(
+        f"{path}/model_index.json names {cls!r}; this service serves "
+        f"{', '.join(sorted(set(FAMILIES)))} models (Stable Audio Open 1.0 and Stable Audio 3)."
+    )
 
 
 def count_parameters(path: Path) -> int:
@@ -132,6 +152,15 @@ def estimate_memory(path: Path, device: str, dtype: torch.dtype, max_seconds: fl
     size = DTYPE_BYTES.get(dtype, 4)
     weights = count_parameters(path) * size
     vae_cfg = json.loads((path / "vae" / "config.json").read_text())
+    if vae_cfg.get("_class_name") == "AutoencoderSAME":
+        # SAME decodes in fixed-size chunks (sa3.band_decode), so working memory does not grow with
+        # the square of the clip; the DiT's activations grow linearly. 0.5 GiB matches the measured
+        # fp32 peak of SA3 small (3.9 GiB RSS at 10 s, 4.3 GiB at 30 s, weights 3.4 GiB).
+        hop = vae_cfg.get("patch_size", 256) * math.prod(vae_cfg.get("encoder_strides", [16]))
+        latents = math.ceil(max_seconds * vae_cfg.get("sampling_rate", 44100) / hop)
+        working = GIB // 2 + latents * 64 * 1024 * size
+        available, where = available_memory(device)
+        return MemoryEstimate(weights + working, available, weights, working, where)
     hop = math.prod(vae_cfg.get("downsampling_ratios", [2, 4, 4, 8, 8]))
     sr = vae_cfg.get("sampling_rate", 44100)
     samples = (math.ceil(max_seconds * sr / hop) + 16) * hop
@@ -153,7 +182,8 @@ def load_model(settings: Settings):
     """Resolve, check and load; returns (model, LoadedInfo)."""
     import time
 
-    from .open1 import OPEN1_LIMITS, StableAudioOpenModel
+    from . import registry
+    from .open1 import OPEN1_LIMITS
 
     started = time.perf_counter()
     source = settings.resolved_model()
@@ -161,9 +191,14 @@ def load_model(settings: Settings):
     family = read_family(path)
     device = pick_device(settings.device)
     dtype = pick_dtype(device, settings.dtype)
+    name = source if source != str(DEFAULT_LOCAL_MODEL) else DEFAULT_HUB_MODEL
+    if family == "sa3":
+        limits = registry.sa3_limits(registry.known_for(name, family), settings.max_duration)
+    else:
+        limits = OPEN1_LIMITS
     memory = None
     if not settings.skip_memory_check:
-        memory = estimate_memory(path, device, dtype, OPEN1_LIMITS.duration.maximum)
+        memory = estimate_memory(path, device, dtype, limits.duration.maximum)
         log.info(
             "memory: need %.2f GiB (weights %.2f + working %.2f), %s %.2f GiB",
             memory.needed / GIB,
@@ -179,16 +214,34 @@ def load_model(settings: Settings):
                 f"{memory.where}: {memory.available / GIB:.2f} GiB. "
                 f"Free memory, use a smaller dtype, or set STABLE_AUDIO_SKIP_MEMORY_CHECK=1 to try anyway."
             )
-    name = source if source != str(DEFAULT_LOCAL_MODEL) else DEFAULT_HUB_MODEL
     try:
-        model = StableAudioOpenModel.from_pretrained(
+        with _LOAD_LOCK:
+            model = _construct(family, path, name, device, dtype, limits, settings)
+    except Exception as exc:
+        raise ModelLoadError(f"loading {path} failed: {type(exc).__name__}: {exc}") from exc
+    return model, LoadedInfo(source, path, family, memory, time.perf_counter() - started)
+
+
+def _construct(family: str, path: Path, name: str, device: str, dtype: torch.dtype, limits, settings: Settings):
+    if family == "sa3":
+        from .sa3 import StableAudio3Model
+
+        return StableAudio3Model.from_pretrained(
             str(path),
             name=name,
             device=device,
             dtype=dtype,
-            window=settings.window,
+            limits=limits,
             text_cache_size=settings.text_cache_size,
         )
-    except Exception as exc:
-        raise ModelLoadError(f"loading {path} failed: {type(exc).__name__}: {exc}") from exc
-    return model, LoadedInfo(source, path, family, memory, time.perf_counter() - started)
+    from .open1 import StableAudioOpenModel
+
+    return StableAudioOpenModel.from_pretrained(
+        str(path),
+        name=name,
+        device=device,
+        dtype=dtype,
+        window=settings.window,
+        text_cache_size=settings.text_cache_size,
+    )
+

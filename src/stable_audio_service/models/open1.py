@@ -93,6 +93,7 @@ class StableAudioOpenModel:
         self.limits = OPEN1_LIMITS
         self.text_cache = TextEmbeddingCache(text_cache_size)
         self._rotary: dict[int, tuple] = {}
+        self._silence: torch.Tensor | None = None  # encoder moments of silence (audio-to-audio)
 
     # -- loading -------------------------------------------------------------------
     @classmethod
@@ -147,6 +148,36 @@ class StableAudioOpenModel:
             )
         return self._rotary[length]
 
+    def _encode_initial_audio(self, audio: np.ndarray, window: int, generator: torch.Generator) -> torch.Tensor:
+        """`StableAudioPipeline.prepare_latents` with `initial_audio_waveforms`: the audio, zero-padded or
+        cropped to the latent window, encoded by the VAE (a sample of its posterior) and added to the
+        noise, which is already scaled to sigma_max (500): the audio's latents are small beside it, so
+        the result changes little (diffusers issue 10861; measured in tests/test_a2a.py)."""
+        from diffusers.models.autoencoders.autoencoder_oobleck import OobleckDiagonalGaussianDistribution
+
+        vae, margin = self.pipe.vae, DECODE_MARGIN_LATENTS
+        n = min(window * self.hop, audio.shape[-1])
+        used = math.ceil(n / self.hop)
+        wave = torch.from_numpy(np.ascontiguousarray(audio[:, :n], dtype=np.float32))[None]
+        wave = wave.to(device=self.device, dtype=self.torch_dtype)
+        if used + 2 * margin >= window:
+            padded = wave.new_zeros((1, self.channels, window * self.hop))
+            padded[:, :, :n] = wave
+            return vae.encode(padded).latent_dist.sample(generator)
+        # The encoder is convolutional: past `margin` latents after the audio, the window's zero padding
+        # encodes to one constant column (and the window's end to a fixed edge), so encode only the
+        # audio plus margins and fill in the rest; equal to encoding the whole window (tests/test_a2a.py),
+        # several times cheaper for short clips. The posterior is sampled over the whole window as diffusers does.
+        head = wave.new_zeros((1, self.channels, (used + 2 * margin) * self.hop))
+        head[:, :, :n] = wave
+        head = vae.encode(head).latent_dist.parameters[:, :, : used + margin]
+        if self._silence is None:
+            self._silence = vae.encode(wave.new_zeros((1, self.channels, 4 * margin * self.hop))).latent_dist.parameters
+        silence = self._silence
+        fill = silence[:, :, 2 * margin : 2 * margin + 1].expand(-1, -1, window - margin - head.shape[-1])
+        moments = torch.cat([head, fill, silence[:, :, -margin:]], dim=-1)
+        return OobleckDiagonalGaussianDistribution(moments).sample(generator)
+
     # -- the step-wise API -----------------------------------------------------------
     @torch.no_grad()
     def start(self, params: GenerationParams) -> GenerationState:
@@ -182,6 +213,8 @@ class StableAudioOpenModel:
             dtype=cond.dtype,
         )
         latents = latents * scheduler.init_noise_sigma
+        if params.init_audio is not None:
+            latents = latents + self._encode_initial_audio(params.init_audio, window, generator)
         return GenerationState(
             params=params,
             batch_key=self.batch_key(params),

@@ -89,7 +89,7 @@ def build_tiny_open1(seed: int = 0):
         cross_attention_input_dim=cond_dim,
     )
     vae = AutoencoderOobleck(
-        encoder_hidden_size=4,
+        encoder_hidden_size=2 * latent_channels,  # mean and scale: encode() must give decoder_input_channels
         downsampling_ratios=[2, 4, 4, 8, 8],
         channel_multiples=[1, 1, 1, 1, 1],
         decoder_channels=4,
@@ -119,9 +119,124 @@ def build_tiny_open1(seed: int = 0):
 
 def make_tiny(directory: str | Path, family: str = "open-1.0", seed: int = 0) -> Path:
     """Write a tiny pipeline to `directory` with `save_pretrained` (model_index.json + component folders)."""
-    if family != "open-1.0":
-        raise ValueError(f"unknown family {family!r}; this build knows 'open-1.0'")
+    builders = {"open-1.0": build_tiny_open1, "sa3": build_tiny_sa3}
+    if family not in builders:
+        raise ValueError(f"unknown family {family!r}; one of {', '.join(builders)}")
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
-    build_tiny_open1(seed).save_pretrained(out)
+    builders[family](seed).save_pretrained(out)
     return out
+
+
+# -- Stable Audio 3 ---------------------------------------------------------------------
+
+
+def build_gemma_tokenizer(model_max_length: int = 256):
+    """A Gemma-style byte-fallback BPE tokenizer (`GemmaTokenizer`) built from a word list, never fetched.
+
+    Specials sit at Gemma's ids (pad 0, eos 1, bos 2, unk 3, mask 4); the 256 `<0xNN>` byte pieces
+    make every string tokenizable; a few merges give whole-word pieces for common prompt words.
+    """
+    from transformers import GemmaTokenizer
+
+    vocab: dict[str, int] = {}
+    for special in ("<pad>", "<eos>", "<bos>", "<unk>", "<mask>"):
+        vocab[special] = len(vocab)
+    for byte in range(256):
+        vocab[f"<0x{byte:02X}>"] = len(vocab)
+    for char in ["\u2581", *string.ascii_letters, *string.digits, *string.punctuation]:
+        vocab.setdefault(char, len(vocab))
+    merges: list[tuple[str, str]] = []
+    for word in _WORDS:
+        piece = "\u2581"
+        for char in word:
+            merged = piece + char
+            if merged not in vocab:
+                vocab[merged] = len(vocab)
+                merges.append((piece, char))
+            piece = merged
+    return GemmaTokenizer(vocab=vocab, merges=merges, model_max_length=model_max_length, add_bos_token=True)
+
+
+def _randomize_zero_init(module: torch.nn.Module, generator: torch.Generator) -> None:
+    """SA3 modules zero-initialise their residual output projections, which would make a random
+    tiny model an identity map and hide bugs (e.g. in chunked decoding); give them real weights."""
+    for param in module.parameters():
+        if param.dim() >= 2 and not param.detach().any():
+            fan_in = param[0].numel()
+            with torch.no_grad():
+                param.copy_(torch.randn(param.shape, generator=generator) / fan_in**0.5)
+
+
+def build_tiny_sa3(seed: int = 0):
+    """A random-weight `StableAudio3Pipeline`: 44.1 kHz stereo, the real 4096x SAME hop (patch 256,
+    stride 16, band half-width 1), a two-layer T5Gemma encoder and a two-block DiT."""
+    from diffusers import (
+        AutoencoderSAME,
+        FlowMatchEulerDiscreteScheduler,
+        StableAudio3DiTModel,
+        StableAudio3Pipeline,
+    )
+    from diffusers.pipelines.stable_audio_3.modeling_stable_audio_3 import StableAudio3DurationEmbedder
+    from transformers import T5GemmaConfig, T5GemmaEncoderModel
+
+    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
+    tokenizer = build_gemma_tokenizer()
+    cond_dim = 32
+    module = {
+        "vocab_size": len(tokenizer),
+        "hidden_size": cond_dim,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "head_dim": 8,
+        "query_pre_attn_scalar": 8,
+        "sliding_window": 64,
+        "max_position_embeddings": 512,
+    }
+    text_encoder = T5GemmaEncoderModel(
+        T5GemmaConfig(encoder=module, decoder=module, is_encoder_decoder=False, vocab_size=len(tokenizer))
+    )
+    latent_dim = 16
+    vae = AutoencoderSAME(
+        audio_channels=2,
+        patch_size=256,
+        encoder_channels=8,
+        encoder_c_mults=(2,),
+        encoder_strides=(16,),
+        encoder_transformer_depths=(2,),
+        latent_dim=latent_dim,
+        use_differential_attention=True,
+        dim_heads=8,
+        ff_mult=1,
+        sliding_window=1,
+        sampling_rate=44100,
+    )
+    transformer = StableAudio3DiTModel(
+        io_channels=latent_dim,
+        patch_size=1,
+        embed_dim=32,
+        depth=2,
+        num_heads=4,
+        cond_token_dim=cond_dim,
+        global_cond_dim=cond_dim,
+        local_add_cond_dim=latent_dim + 1,
+        timestep_features_dim=16,
+        ff_mult=2,
+        num_memory_tokens=4,
+        use_differential_attention=True,
+    )
+    for model in (vae, transformer):
+        _randomize_zero_init(model, generator)
+    duration_embedder = StableAudio3DurationEmbedder(output_dim=cond_dim, fourier_dim=16, max_val=384.0)
+    scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1, shift=1.0, stochastic_sampling=True)
+    return StableAudio3Pipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        duration_embedder=duration_embedder,
+        transformer=transformer,
+        scheduler=scheduler,
+    )

@@ -1,0 +1,48 @@
+"""Serve the playground at `/` and its files at `/static/{name}`, read with importlib.resources.
+
+The page needs no token to load: it only holds code. Every API call it makes carries the
+bearer token the person types in, when the service asks for one.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from importlib import resources
+
+from fastapi import APIRouter, HTTPException
+from fastapi.responses import HTMLResponse, Response
+
+router = APIRouter(include_in_schema=False)
+
+STATIC_TYPES = {
+    "app.js": "text/javascript; charset=utf-8",
+    "style.css": "text/css; charset=utf-8",
+}
+# The page only talks to its own origin; no inline script, no third-party anything.
+CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
+    "media-src 'self' blob: data:; connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
+)
+HEADERS = {"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"}
+
+
+@lru_cache(maxsize=8)
+def _read(name: str) -> bytes:
+    return resources.files(__package__).joinpath(name).read_bytes()
+
+
+@router.get("/", response_class=HTMLResponse)
+def index() -> Response:
+    return Response(
+        _read("index.html"),
+        media_type="text/html; charset=utf-8",
+        headers={**HEADERS, "Content-Security-Policy": CSP, "Referrer-Policy": "no-referrer"},
+    )
+
+
+@router.get("/static/{name}")
+def static(name: str) -> Response:
+    media_type = STATIC_TYPES.get(name)
+    if media_type is None:  # a fixed list: nothing else in the package is reachable
+        raise HTTPException(404, detail=f"no static file {name!r}")
+    return Response(_read(name), media_type=media_type, headers=HEADERS)
