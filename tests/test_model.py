@@ -112,10 +112,16 @@ def test_text_cache_skips_encoder(model):
 
 
 def test_text_cache_is_bounded(model):
-    model.text_cache._items.clear()
-    for i in range(model.text_cache.capacity + 5):
-        model.encode_text(f"prompt {i}")
-    assert len(model.text_cache) == model.text_cache.capacity
+    from stable_audio_service.models.open1 import TextEmbeddingCache
+
+    cache = TextEmbeddingCache(capacity=3)
+    for i in range(5):
+        cache.put(f"p{i}", torch.tensor([i]))
+    assert len(cache) == 3 and cache.get("p0") is None and cache.get("p4") is not None
+    cache.get("p2")  # touching p2 makes p3 the oldest
+    cache.put("p5", torch.tensor([5]))
+    assert cache.get("p3") is None and cache.get("p2") is not None
+    assert model.text_cache.capacity == 256  # the served model's cache is bounded by STABLE_AUDIO_TEXT_CACHE_SIZE
 
 
 def test_missing_weights_message(tmp_path, monkeypatch):

@@ -258,3 +258,17 @@ def test_load_200_requests_16_clients(tiny_dir):
         record(section, "process RSS growth after the run", f"{growth_mb:+.1f} MiB")
     finally:
         server.stop()
+
+
+def test_prompt_cap_is_configurable(tiny_dir):
+    c = serve(Settings(model=str(tiny_dir), max_prompt_chars=20))
+    try:
+        r = c.post("/predict", json={"prompt": "x" * 21, **FAST})
+        assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "prompt"]
+        assert "at most 20" in r.json()["detail"][0]["msg"]
+        r = c.post("/jobs", json={"prompt": "ok", "negative_prompt": "n" * 21, **FAST})
+        assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "negative_prompt"]
+        assert c.get("/models").json()["fields"]["prompt"]["max_length"] == 20
+        record("Limits and security", "prompt over STABLE_AUDIO_MAX_PROMPT_CHARS", "422 naming prompt")
+    finally:
+        c.__exit__(None, None, None)

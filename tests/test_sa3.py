@@ -365,3 +365,11 @@ def test_chunked_encode_equals_full_encode(sa3_model):
     assert chunked.shape == full.shape
     torch.testing.assert_close(chunked, full, atol=1e-5, rtol=0)
     assert (band_encode(vae, audio, chunk=16, halo=0) - full).abs().max() > 1e-3
+
+
+def test_long_upload_is_cut_to_what_the_clip_uses(sa3_client, sa3_model):
+    b64 = wav_b64(tone(8.0), SR)
+    job = sa3_client.post("/jobs", json={"prompt": "x", "duration": 1.0, "init_audio_b64": b64}).json()
+    params = sa3_client.app.state.service.engine.get(job["id"]).params
+    assert params.init_audio.shape == (2, (sa3_model.latent_length(1.0) + sa3_model.halo) * sa3_model.hop)
+    assert params.init_noise_level == 0.6

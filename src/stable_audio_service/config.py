@@ -37,7 +37,9 @@ class Settings(BaseSettings):
     text_cache_size: int = Field(256, ge=0)
     job_ttl_s: float = Field(3600.0, gt=0)
     max_jobs_kept: int = Field(256, ge=1)
-    max_body_bytes: int = Field(1_000_000, ge=1024)
+    max_body_bytes: int = Field(
+        12_000_000, ge=1024, description="Largest request body; must hold a base64 upload (4/3 of its bytes)."
+    )
     max_duration: float | None = Field(
         None,
         gt=0,

@@ -69,6 +69,15 @@ def _invalid(field: str | list, msg: str) -> HTTPException:
     return HTTPException(422, detail=[{"loc": loc, "msg": msg, "type": "value_error"}])
 
 
+def _check_prompt_length(request: Request, body: StableAudioRequest) -> None:
+    """STABLE_AUDIO_MAX_PROMPT_CHARS may be tighter than the schema's hard cap."""
+    cap = service(request).settings.max_prompt_chars
+    for name in ("prompt", "negative_prompt"):
+        text = getattr(body, name)
+        if text is not None and len(text) > cap:
+            raise _invalid(name, f"at most {cap} characters (this one has {len(text)})")
+
+
 def _check_model_limits(engine, body: StableAudioRequest) -> None:
     """The schema holds loose outer bounds; the loaded model's limits (GET /models) decide. A field the
     client left out takes the model's default."""
@@ -110,7 +119,7 @@ def _check_audio_fields(engine, body: StableAudioRequest) -> None:
                 )
 
 
-def _upload(settings, field: str, value: str, model) -> tuple:
+def _upload(settings, field: str, value: str, model, duration: float) -> tuple:
     import binascii
 
     from .. import audio as audio_io
@@ -120,7 +129,7 @@ def _upload(settings, field: str, value: str, model) -> tuple:
     except (binascii.Error, ValueError):
         raise _invalid(field, "not valid base64") from None
     try:
-        return audio_io.decode_upload(
+        audio, info = audio_io.decode_upload(
             data,
             model.sample_rate,
             model.channels,
@@ -129,6 +138,20 @@ def _upload(settings, field: str, value: str, model) -> tuple:
         )
     except audio_io.UploadError as exc:
         raise _invalid(field, str(exc)) from None
+    usable = _usable_samples(model, duration)
+    if usable is not None and audio.shape[-1] > usable:
+        audio = audio[:, :usable].copy()
+    return audio, info
+
+
+def _usable_samples(model, duration: float) -> int | None:
+    """Samples of an upload the model can use for this clip; the rest is not kept in the queue.
+    sa3: the clip's latents plus the SAME band's halo; open-1.0: its latent window (as diffusers)."""
+    if hasattr(model, "latent_length") and hasattr(model, "halo"):
+        return (model.latent_length(duration) + model.halo) * model.hop
+    if hasattr(model, "window_for"):
+        return model.window_for(duration) * model.hop
+    return None
 
 
 def _prepare_audio(engine, body: StableAudioRequest, settings) -> dict:
@@ -138,13 +161,13 @@ def _prepare_audio(engine, body: StableAudioRequest, settings) -> dict:
     _check_model_limits(engine, body)
     model = engine.model
     if body.init_audio_b64 is not None:
-        audio, _info = _upload(settings, "init_audio_b64", body.init_audio_b64, model)
+        audio, _info = _upload(settings, "init_audio_b64", body.init_audio_b64, model, body.duration)
         level = body.init_noise_level
         if model.family == "sa3" and level is None:
             level = DEFAULT_INIT_NOISE_LEVEL
         return {"init_audio": audio, "init_noise_level": level}
     if body.inpaint_audio_b64 is not None:
-        audio, _info = _upload(settings, "inpaint_audio_b64", body.inpaint_audio_b64, model)
+        audio, _info = _upload(settings, "inpaint_audio_b64", body.inpaint_audio_b64, model, body.duration)
         regions = [(r.start_s, min(r.end_s, body.duration)) for r in body.inpaint_regions or []]
         if not regions and audio.shape[-1] >= int(body.duration * model.sample_rate):
             raise _invalid(
@@ -319,6 +342,7 @@ def _model_extras(m, settings) -> dict:
 async def predict(body: StableAudioRequest, request: Request, client_job_id: ClientJobId = None) -> Any:
     """Generate and wait. A client that disconnects cancels its work."""
     engine = ready_engine(request)
+    _check_prompt_length(request, body)
     audio = None
     if _has_audio(body):  # decoding and resampling can take a while: off the event loop
         from starlette.concurrency import run_in_threadpool
@@ -354,6 +378,7 @@ async def predict(body: StableAudioRequest, request: Request, client_job_id: Cli
 )
 def create_job(body: StableAudioRequest, request: Request, client_job_id: ClientJobId = None) -> Any:
     engine = ready_engine(request)
+    _check_prompt_length(request, body)
     audio = _prepare_audio(engine, body, service(request).settings) if _has_audio(body) else None
     job = _submit(engine, body, _client_job_id(body, client_job_id), audio)
     return JobAccepted(id=job.id, status=job.status.value, position=engine.position(job), meta=_meta(job))
