@@ -51,7 +51,14 @@ def test_request_contract_defaults_and_bounds(client):
     assert props["num_inference_steps"]["default"] == 100
     assert "prompt" in StableAudioRequest.model_json_schema()["required"]
     assert set(StableAudioResponse.model_fields) >= {
-        "audio_b64", "sample_rate", "duration", "meta", "channels", "num_samples", "seed", "format"
+        "audio_b64",
+        "sample_rate",
+        "duration",
+        "meta",
+        "channels",
+        "num_samples",
+        "seed",
+        "format",
     }
 
 

@@ -18,9 +18,14 @@ from .conftest import FAST, decode_b64, serve
 def test_sixteen_concurrent_predicts_batch_and_match_solo(client):
     engine = client.app.state.service.engine
     bodies = [
-        {"prompt": f"sound number {i}", "seed": 100 + i, "guidance_scale": 1.0 + (i % 5) * 2,
-         "negative_prompt": "hiss" if i % 3 == 0 else None, "duration": 1.0 + (i % 4) * 0.5,
-         "num_inference_steps": 10}
+        {
+            "prompt": f"sound number {i}",
+            "seed": 100 + i,
+            "guidance_scale": 1.0 + (i % 5) * 2,
+            "negative_prompt": "hiss" if i % 3 == 0 else None,
+            "duration": 1.0 + (i % 4) * 0.5,
+            "num_inference_steps": 10,
+        }
         for i in range(16)
     ]
     before = dict(engine.stats)

@@ -149,8 +149,11 @@ def test_memory_check_refuses_with_both_figures(tiny_dir, monkeypatch):
 
 def test_memory_estimate_counts_parameters(tiny_dir, model):
     n = count_parameters(tiny_dir)
-    expected = sum(p.numel() for m in (model.pipe.transformer, model.pipe.vae, model.pipe.text_encoder,
-                                        model.pipe.projection_model) for p in m.parameters())
+    expected = sum(
+        p.numel()
+        for m in (model.pipe.transformer, model.pipe.vae, model.pipe.text_encoder, model.pipe.projection_model)
+        for p in m.parameters()
+    )
     assert n == expected
     est = estimate_memory(tiny_dir, "cpu", torch.float16, 30.0)
     assert est.weights == 2 * n and est.working > 0

@@ -23,8 +23,13 @@ BAD_BODIES = [
     ("NaN duration", b'{"prompt": "a", "duration": NaN}', "application/json", 422, "duration"),
     ("infinite guidance", b'{"prompt": "a", "guidance_scale": Infinity}', "application/json", 422, "guidance_scale"),
     ("overflowing float", b'{"prompt": "a", "duration": 1e999}', "application/json", 422, "duration"),
-    ("huge integer", b'{"prompt": "a", "num_inference_steps": 1' + b"0" * 40 + b"}", "application/json", 422,
-     "num_inference_steps"),
+    (
+        "huge integer",
+        b'{"prompt": "a", "num_inference_steps": 1' + b"0" * 40 + b"}",
+        "application/json",
+        422,
+        "num_inference_steps",
+    ),
     ("bool as seed", b'{"prompt": "a", "seed": "many"}', "application/json", 422, "seed"),
     ("array body", b"[1, 2]", "application/json", 422, "body"),
     ("malformed JSON", b'{"prompt": ', "application/json", 422, "body"),
@@ -82,9 +87,7 @@ def test_cors_off_unless_configured(client, tiny_dir):
     assert "access-control-allow-origin" not in r.headers
     c = serve(Settings(model=str(tiny_dir), cors_origins="http://studio.local"))
     try:
-        r = c.options(
-            "/predict", headers={"Origin": "http://studio.local", "Access-Control-Request-Method": "POST"}
-        )
+        r = c.options("/predict", headers={"Origin": "http://studio.local", "Access-Control-Request-Method": "POST"})
         assert r.headers["access-control-allow-origin"] == "http://studio.local"
     finally:
         c.__exit__(None, None, None)
@@ -135,8 +138,12 @@ def test_oom_mid_batch_answers_503_and_worker_survives(live, monkeypatch):
     _patch_step(live.engine.model, monkeypatch, boom)
     results = []
     with httpx.Client(base_url=live.url, timeout=60) as http:
-        threads = [threading.Thread(target=lambda i=i: results.append(
-            http.post("/predict", json={"prompt": f"oom {i}", **FAST}))) for i in range(2)]
+        threads = [
+            threading.Thread(
+                target=lambda i=i: results.append(http.post("/predict", json={"prompt": f"oom {i}", **FAST}))
+            )
+            for i in range(2)
+        ]
         for t in threads:
             t.start()
         for t in threads:

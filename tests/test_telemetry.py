@@ -111,8 +111,11 @@ def test_without_traceparent_a_new_trace_and_health_untraced(client, exported):
     server = wait_for_span(exported, lambda s: hexid(s.context.span_id, 16) == meta["span_id"])[0]
     assert server.kind == SpanKind.SERVER and server.parent is None
     # the job outlives the 202; its spans still join the request's trace
-    gen = wait_for_span(exported, lambda s: s.name == telemetry.GENERATE_SPAN
-                        and hexid(s.context.trace_id, 32) == meta["trace_id"], timeout=120)[0]
+    gen = wait_for_span(
+        exported,
+        lambda s: s.name == telemetry.GENERATE_SPAN and hexid(s.context.trace_id, 32) == meta["trace_id"],
+        timeout=120,
+    )[0]
     assert gen.parent.span_id == server.context.span_id
     before = len(exported.get_finished_spans())
     assert client.get("/health").status_code == 200
@@ -126,8 +129,11 @@ def test_failed_generation_recorded_on_spans(exported):
     with tracer.start_as_current_span("POST /predict", kind=SpanKind.SERVER) as request_span:
         ctx = otel_context.get_current()
         trace_id, span_id = telemetry.span_ids()
-        job = Job(id="j1", params=GenerationParams("boom", 1.0, 7.0, 10, 1, None),
-                  context={"trace_id": trace_id, "span_id": span_id, "otel": ctx})
+        job = Job(
+            id="j1",
+            params=GenerationParams("boom", 1.0, 7.0, 10, 1, None),
+            context={"trace_id": trace_id, "span_id": span_id, "otel": ctx},
+        )
         t0 = time.time_ns()
         job.phase("queue", int(job.created * 1e9), t0)
         job.status, job.error, job.error_status = JobStatus.failed, "generation failed (X)", 500
@@ -173,12 +179,17 @@ def test_metrics_parse_and_move_with_traffic(client):
     r = client.post("/predict", json={"prompt": "thunder", **FAST})
     assert r.status_code == 200
     after = scrape(client)
-    assert value(after, "stable_audio_requests_total", outcome="ok") == value(
-        before, "stable_audio_requests_total", outcome="ok") + 1
-    assert value(after, "stable_audio_request_duration_seconds_count", outcome="ok") == value(
-        before, "stable_audio_request_duration_seconds_count", outcome="ok") + 1
+    assert (
+        value(after, "stable_audio_requests_total", outcome="ok")
+        == value(before, "stable_audio_requests_total", outcome="ok") + 1
+    )
+    assert (
+        value(after, "stable_audio_request_duration_seconds_count", outcome="ok")
+        == value(before, "stable_audio_request_duration_seconds_count", outcome="ok") + 1
+    )
     assert value(after, "stable_audio_audio_generated_seconds_total") == pytest.approx(
-        value(before, "stable_audio_audio_generated_seconds_total") + 1.0)
+        value(before, "stable_audio_audio_generated_seconds_total") + 1.0
+    )
     assert value(after, "stable_audio_batch_size_count") > value(before, "stable_audio_batch_size_count")
     assert value(after, "stable_audio_realtime_factor_count") == value(before, "stable_audio_realtime_factor_count") + 1
     assert "stable_audio_queue_depth" in after and "stable_audio_running" in after
@@ -244,13 +255,23 @@ class Receiver:
 
     def metric_names(self) -> set[str]:
         with self.lock:
-            return {m.name for req in self.metrics for rm in req.resource_metrics for sm in rm.scope_metrics
-                    for m in sm.metrics}
+            return {
+                m.name
+                for req in self.metrics
+                for rm in req.resource_metrics
+                for sm in rm.scope_metrics
+                for m in sm.metrics
+            }
 
     def log_bodies(self) -> list[tuple[str, str]]:
         with self.lock:
-            return [(lr.trace_id.hex(), lr.body.string_value) for req in self.logs for rl in req.resource_logs
-                    for sl in rl.scope_logs for lr in sl.log_records]
+            return [
+                (lr.trace_id.hex(), lr.body.string_value)
+                for req in self.logs
+                for rl in req.resource_logs
+                for sl in rl.scope_logs
+                for lr in sl.log_records
+            ]
 
     def stop(self) -> None:
         self.server.stop(0)
@@ -286,7 +307,9 @@ def served(tiny_dir, tmp_path_factory):
     log_file = open(log_path, "w")  # noqa: SIM115 (closed below)
     proc = subprocess.Popen(
         [sys.executable, "-m", "stable_audio_service.cli", "serve", "--model", str(tiny_dir), "--port", str(port)],
-        env=env, stdout=log_file, stderr=subprocess.STDOUT,
+        env=env,
+        stdout=log_file,
+        stderr=subprocess.STDOUT,
     )
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 180
@@ -309,8 +332,12 @@ def served(tiny_dir, tmp_path_factory):
 
 def test_e2e_caller_trace_reaches_the_receiver(served):
     receiver, base = served["receiver"], served["base"]
-    r = httpx.post(base + "/predict", json={"prompt": "rain on a tin roof", **FAST},
-                   headers={"traceparent": TRACEPARENT}, timeout=180)
+    r = httpx.post(
+        base + "/predict",
+        json={"prompt": "rain on a tin roof", **FAST},
+        headers={"traceparent": TRACEPARENT},
+        timeout=180,
+    )
     assert r.status_code == 200, r.text
     meta = r.json()["meta"]
     assert meta["trace_id"] == CALLER_TRACE
@@ -389,11 +416,16 @@ def test_e2e_sigterm_during_generation_answers_everyone_and_exits_0(served):
     assert {"stable_audio.requests", "stable_audio.request.duration", "stable_audio.audio.generated"} <= names
     assert {"stable_audio.queue.depth", "stable_audio.batch.size", "stable_audio.device.memory.used"} <= names
     logs = receiver.log_bodies()
-    assert any(tid == CALLER_TRACE and f"trace_id={CALLER_TRACE}" in body and "outcome=ok" in body
-               for tid, body in logs), logs
+    assert any(
+        tid == CALLER_TRACE and f"trace_id={CALLER_TRACE}" in body and "outcome=ok" in body for tid, body in logs
+    ), logs
     assert any("outcome=unavailable" in body for _, body in logs)
-    long_gen = [s for _, s in receiver.spans() if s.name == telemetry.GENERATE_SPAN
-                and {a.key: a.value.string_value for a in s.attributes}.get("stable_audio.prompt") == "long"]
+    long_gen = [
+        s
+        for _, s in receiver.spans()
+        if s.name == telemetry.GENERATE_SPAN
+        and {a.key: a.value.string_value for a in s.attributes}.get("stable_audio.prompt") == "long"
+    ]
     assert any(s.status.code == 2 for s in long_gen)  # STATUS_CODE_ERROR on the unfinished one
     # start-up lines, and no export errors
     assert "model ready: model=" in log_text and "device=cpu" in log_text and "load_s=" in log_text
@@ -414,8 +446,14 @@ def wait_until(condition, timeout=120.0):
 
 def test_systemd_unit_in_repo():
     unit = (Path(__file__).parents[1] / "deploy" / "stable-audio.service").read_text()
-    for line in ("Restart=on-failure", "NoNewPrivileges=true", "PrivateTmp=true", "PYTHONUNBUFFERED=1",
-                 "OTEL_EXPORTER_OTLP_ENDPOINT=localhost:4317", "TORCH_ROCM_AOTRITON_ENABLE_EXPERIMENTAL=1",
-                 "KillSignal=SIGTERM"):
+    for line in (
+        "Restart=on-failure",
+        "NoNewPrivileges=true",
+        "PrivateTmp=true",
+        "PYTHONUNBUFFERED=1",
+        "OTEL_EXPORTER_OTLP_ENDPOINT=localhost:4317",
+        "TORCH_ROCM_AOTRITON_ENABLE_EXPERIMENTAL=1",
+        "KillSignal=SIGTERM",
+    ):
         assert line in unit, line
     assert "stable-audio-service serve" in unit

@@ -150,9 +150,7 @@ def create_app(settings: Settings | None = None, loader: Callable | None = None)
             # e.g. invalid UTF-8: the same class of mistake as malformed JSON, so the same 422 shape
             msg = "the request body could not be parsed: it must be UTF-8 JSON"
             return JSONResponse({"detail": [{"loc": ["body"], "msg": msg, "type": "json_invalid"}]}, status_code=422)
-        return JSONResponse(
-            {"detail": exc.detail}, status_code=exc.status_code, headers=getattr(exc, "headers", None)
-        )
+        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=getattr(exc, "headers", None))
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

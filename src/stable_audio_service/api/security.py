@@ -52,9 +52,7 @@ class GuardMiddleware:
             await self.app(scope, receive, send)
             return
         if not self._authorised(scope):
-            await _send_json(
-                send, 401, {"detail": "missing or wrong bearer token"}, [(b"www-authenticate", b"Bearer")]
-            )
+            await _send_json(send, 401, {"detail": "missing or wrong bearer token"}, [(b"www-authenticate", b"Bearer")])
             return
         for name, value in scope.get("headers", []):
             if name == b"content-length":
@@ -64,9 +62,7 @@ class GuardMiddleware:
                     await _send_json(send, 400, {"detail": "invalid Content-Length header"})
                     return
                 if declared > self.max_body_bytes:
-                    await _send_json(
-                        send, 413, {"detail": f"request body larger than {self.max_body_bytes} bytes"}
-                    )
+                    await _send_json(send, 413, {"detail": f"request body larger than {self.max_body_bytes} bytes"})
                     return
         received = 0
         refused = False

@@ -244,4 +244,3 @@ def _construct(family: str, path: Path, name: str, device: str, dtype: torch.dty
         window=settings.window,
         text_cache_size=settings.text_cache_size,
     )
-
