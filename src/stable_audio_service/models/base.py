@@ -63,6 +63,12 @@ class GenerationState:
         return self.step >= self.total_steps
 
 
+def check_batch(states: list[GenerationState]) -> None:
+    """One forward pass serves only states with the same batch key at the same step."""
+    if len({s.batch_key for s in states}) != 1 or len({s.step for s in states}) != 1:
+        raise ValueError("a batch must share its batch key and step")
+
+
 class AudioModel(Protocol):
     name: str
     family: str

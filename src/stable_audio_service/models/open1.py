@@ -17,7 +17,7 @@ from threading import Lock
 import numpy as np
 import torch
 
-from .base import Bound, GenerationError, GenerationParams, GenerationState, ModelLimits
+from .base import Bound, GenerationError, GenerationParams, GenerationState, ModelLimits, check_batch
 
 # The Oobleck decoder is convolutional: output sample n depends on latents within a
 # few frames of n // hop. Decoding the kept latents plus this margin reproduces the
@@ -233,10 +233,7 @@ class StableAudioOpenModel:
     def step(self, states: list[GenerationState]) -> None:
         if not states:
             return
-        keys = {s.batch_key for s in states}
-        steps = {s.step for s in states}
-        if len(keys) != 1 or len(steps) != 1:
-            raise ValueError("a batch must share its batch key and step")
+        check_batch(states)
         ex = [s.extra for s in states]
         t = ex[0]["scheduler"].timesteps[states[0].step]
         cfg = any(e["uncond"] is not None for e in ex)

@@ -29,7 +29,7 @@ import math
 import numpy as np
 import torch
 
-from .base import GenerationError, GenerationParams, GenerationState, ModelLimits
+from .base import GenerationError, GenerationParams, GenerationState, ModelLimits, check_batch
 from .open1 import TextEmbeddingCache
 
 LOGSNR_MIN = -6.2
@@ -252,8 +252,7 @@ class StableAudio3Model:
     def step(self, states: list[GenerationState]) -> None:
         if not states:
             return
-        if len({s.batch_key for s in states}) != 1 or len({s.step for s in states}) != 1:
-            raise ValueError("a batch must share its batch key and step")
+        check_batch(states)
         latents, ctx, masks, glob, local, times = [], [], [], [], [], []
         rows: list[tuple[int | None, int]] = []  # per state: (uncond row, cond row)
         for state in states:
