@@ -53,14 +53,14 @@ def main() -> None:
         from stable_audio_service.models.base import GenerationError
 
         with torch.no_grad():
-            lat = states[("full", 10.0)].extra["latents"]
+            lat = states[("full", 10.0)].latents
             t = time.perf_counter()
             pipe.vae.decode(lat)
             decodes["plain (all latents)"] = (lat.shape[2], time.perf_counter() - t)
             print(f"decode all {lat.shape[2]}: {decodes['plain (all latents)'][1]:.2f}s", flush=True)
         for n, d, m in variants[1:]:
             st = states[(n, d)]
-            k = min(st.extra["latents"].shape[2], m.window_for(d))
+            k = min(st.latents.shape[2], m.window_for(d))
             t = time.perf_counter()
             try:
                 m.finish(st)

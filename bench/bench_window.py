@@ -96,7 +96,7 @@ def main() -> None:
     # warm-up: one cheap fitted step and a small decode (first-call allocations, oneDNN primitives)
     w = fit.start(params(min(durations)))
     fit.step([w])
-    w.extra["latents"] = w.extra["latents"][:, :, :16]
+    w.latents = w.latents[:, :, :16]
     w.params.duration = 16 * hop / sr - 0.01
     fit.finish(w)
     dit.take()
@@ -158,7 +158,7 @@ def main() -> None:
     load_log.append(("after model steps", loadavg()))
     # the full-window denoising is the same work for every D: reuse the 10 s latents for the others
     for d in durations:
-        states[("full", d)].extra["latents"] = states[("full", ref_d)].extra["latents"].clone()
+        states[("full", d)].latents = states[("full", ref_d)].latents.clone()
         states[("full", d)].step = S
 
     # -- decodes ---------------------------------------------------------------------------------

@@ -38,10 +38,10 @@ def open1(client):
 
 def run_latents(model, params):
     state = model.start(params)
-    start = state.extra["latents"].clone()
+    start = state.latents.clone()
     while not state.finished:
         model.step([state])
-    final = state.extra["latents"].clone()
+    final = state.latents.clone()
     return start, final, model.finish(state)
 
 

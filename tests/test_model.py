@@ -13,10 +13,10 @@ from stable_audio_service.config import Settings
 from stable_audio_service.models.base import GenerationParams
 from stable_audio_service.models.loading import (
     ModelLoadError,
-    count_parameters,
     estimate_memory,
     load_model,
     resolve_source,
+    safetensors_parameters,
 )
 from stable_audio_service.models.open1 import StableAudioOpenModel
 
@@ -82,7 +82,7 @@ def test_cropped_decode_equals_full_decode(model):
     state = model.start(params)
     while not state.finished:
         model.step([state])
-    latents = state.extra["latents"].clone()
+    latents = state.latents.clone()
     with torch.no_grad():
         full = model.pipe.vae.decode(latents).sample[0, :, : int(3.0 * 44100)].numpy()
     ours = model.finish(state)
@@ -112,7 +112,7 @@ def test_text_cache_skips_encoder(model):
 
 
 def test_text_cache_is_bounded(model):
-    from stable_audio_service.models.open1 import TextEmbeddingCache
+    from stable_audio_service.models.base import TextEmbeddingCache
 
     cache = TextEmbeddingCache(capacity=3)
     for i in range(5):
@@ -148,7 +148,7 @@ def test_memory_check_refuses_with_both_figures(tiny_dir, monkeypatch):
 
 
 def test_memory_estimate_counts_parameters(tiny_dir, model):
-    n = count_parameters(tiny_dir)
+    n = safetensors_parameters(tiny_dir.glob("*/*.safetensors"))
     expected = sum(
         p.numel()
         for m in (model.pipe.transformer, model.pipe.vae, model.pipe.text_encoder, model.pipe.projection_model)

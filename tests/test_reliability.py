@@ -158,7 +158,7 @@ def test_oom_mid_batch_answers_503_and_worker_survives(live, monkeypatch):
 def test_nan_audio_is_an_error_not_a_file(live, monkeypatch):
     def poison(n, states):
         for s in states:
-            s.extra["latents"] = torch.full_like(s.extra["latents"], float("nan"))
+            s.latents = torch.full_like(s.latents, float("nan"))
 
     calls = _patch_step(live.engine.model, monkeypatch, poison)
     with httpx.Client(base_url=live.url, timeout=60) as http:

@@ -65,7 +65,6 @@ def generate(
     from .api.schemas import StableAudioRequest
     from .audio import format_from_path
     from .engine import Engine, JobStatus
-    from .models.base import GenerationParams
     from .models.loading import ModelLoadError, load_model
 
     fmt = format or format_from_path(str(output)) or "wav"
@@ -86,20 +85,18 @@ def generate(
         loaded, _info = load_model(settings)
     except ModelLoadError as exc:
         _fail(str(exc))
-    for name in ("duration", "guidance_scale", "num_inference_steps"):  # the loaded model's defaults and limits
-        bound = getattr(loaded.limits, name)
-        if getattr(body, name) is None:
-            setattr(body, name, int(bound.default) if name == "num_inference_steps" else float(bound.default))
-        if not bound.minimum <= getattr(body, name) <= bound.maximum:
-            _fail(f"{name} must be between {bound.minimum:g} and {bound.maximum:g} for {loaded.name}")
+    from .service import RequestError, resolve
+
+    try:  # the same request path as HTTP: the loaded model's defaults, limits and capabilities
+        resolved = resolve(body, loaded, settings)
+    except RequestError as exc:
+        _fail(f"{'.'.join(map(str, exc.loc))}: {exc.message}")
     engine = Engine(loaded, batch_wait_ms=0)
     engine.start()
-    params = GenerationParams(
-        body.prompt, body.duration, body.guidance_scale, body.num_inference_steps, body.seed, body.negative_prompt
-    )
+    params = resolved.params
 
     async def run() -> None:
-        job = engine.submit(params, format=body.format)
+        job = engine.submit(params, format=resolved.format)
         events = engine.subscribe(job)
         with Progress(
             TextColumn("{task.description}"),
@@ -108,7 +105,7 @@ def generate(
             TimeElapsedColumn(),
             transient=False,
         ) as bar:
-            task = bar.add_task("denoising", total=body.num_inference_steps)
+            task = bar.add_task("denoising", total=params.num_inference_steps)
             while True:
                 event = await events.get()
                 if event["type"] == "step":
@@ -133,10 +130,10 @@ def generate(
 @app.command("make-tiny")
 def make_tiny_cmd(
     directory: Path = typer.Argument(..., help="Where to write the model."),
-    family: str = typer.Option("open-1.0", help="open-1.0 (StableAudioPipeline) or sa3 (StableAudio3Pipeline)."),
+    family: str = typer.Option("open-1.0", help="open-1.0 (diffusers layout) or sa3 (Stability's official format)."),
     seed: int = typer.Option(0, help="Seed for the random weights."),
 ) -> None:
-    """Write a tiny random-weight model (noise only) in the real diffusers layout, offline."""
+    """Write a tiny random-weight model (noise only) in the real on-disk format of its family, offline."""
     from .models.tiny import make_tiny
 
     try:

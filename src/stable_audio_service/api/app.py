@@ -22,8 +22,10 @@ from .. import SERVICE, __version__, telemetry
 from ..config import Settings
 from ..engine import Engine
 from ..models.loading import ModelLoadError, load_model
+from ..service import RequestError
 from ..web import router as web_router
 from .metrics import router as metrics_router
+from .openapi import install_openapi
 from .routes import router
 from .security import GuardMiddleware
 
@@ -140,6 +142,10 @@ def create_app(settings: Settings | None = None, loader: Callable | None = None)
             allow_headers=["Authorization", "Content-Type"],
         )
 
+    @app.exception_handler(RequestError)
+    async def _refused(request: Request, exc: RequestError) -> JSONResponse:
+        return JSONResponse({"detail": exc.detail()}, status_code=422)
+
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         return JSONResponse({"detail": validation_details(exc.errors())}, status_code=422)
@@ -156,6 +162,8 @@ def create_app(settings: Settings | None = None, loader: Callable | None = None)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         return JSONResponse({"detail": f"internal error ({type(exc).__name__})"}, status_code=500)
+
+    install_openapi(app, settings)
 
     from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 

@@ -1,4 +1,5 @@
-"""Routes. Each one validates, talks to the engine, and shapes the answer."""
+"""Routes: thin. Each one turns HTTP into a call on the service layer or the engine and shapes the
+answer; what a request means (defaults, limits, capabilities, uploads) lives in `service.py`."""
 
 from __future__ import annotations
 
@@ -7,16 +8,19 @@ import base64
 import json
 from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Query, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.concurrency import run_in_threadpool
 
-from .. import SERVICE, __version__, telemetry
-from ..engine import TERMINAL, Job, JobStatus, NotAccepting, QueueFull
-from ..models.base import GenerationParams
+from .. import SERVICE, __version__, service, telemetry
+from ..audio import MEDIA_TYPES
+from ..engine import TERMINAL, Engine, Job, JobStatus, NotAccepting, QueueFull
+from ..models import registry
 from .schemas import (
     CLIENT_JOB_ID_PATTERN,
     HealthResponse,
     JobAccepted,
+    JobResultInfo,
     JobView,
     ResponseMetadata,
     StableAudioRequest,
@@ -33,14 +37,19 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 router = APIRouter(responses=ERROR_RESPONSES)
 RETRY_AFTER_S = "5"
 DISCONNECT_POLL_S = 0.5
+AUDIO_MEDIA = {media: fmt for fmt, media in MEDIA_TYPES.items()} | {"audio/x-wav": "wav", "audio/mp3": "mp3"}
+# A result above this many bytes is base64-encoded and serialised in a worker thread, not on the event loop.
+BIG_PAYLOAD_BYTES = 256 * 1024
 
 
-def service(request: Request):
+# -- dependencies ---------------------------------------------------------------------------------
+def get_state(request: Request):
     return request.app.state.service
 
 
-def ready_engine(request: Request):
-    state = service(request)
+def get_engine(request: Request) -> Engine:
+    """The engine, only while it takes new work (503 while loading, after a failed load, or draining)."""
+    state = get_state(request)
     if state.status != "ok" or state.engine is None:
         raise HTTPException(503, detail=state.reason or "not ready", headers={"Retry-After": RETRY_AFTER_S})
     if not state.engine.accepting:
@@ -48,162 +57,46 @@ def ready_engine(request: Request):
     return state.engine
 
 
+def get_reading_engine(request: Request) -> Engine:
+    """The engine for reads of existing jobs: also while draining, so results finishing in the grace
+    period can still be fetched."""
+    state = get_state(request)
+    if state.engine is None:
+        raise HTTPException(503, detail=state.reason or "not ready", headers={"Retry-After": RETRY_AFTER_S})
+    return state.engine
+
+
+EngineDep = Annotated[Engine, Depends(get_engine)]
+ReadingEngineDep = Annotated[Engine, Depends(get_reading_engine)]
 ClientJobId = Annotated[
     str | None, Query(pattern=CLIENT_JOB_ID_PATTERN, description="Echoed in meta; also accepted in the body.")
 ]
 
 
-def _client_job_id(body: StableAudioRequest, query_value: str | None) -> str | None:
-    if query_value is not None and body.client_job_id is not None and query_value != body.client_job_id:
-        raise HTTPException(
-            422,
-            detail=[
-                {"loc": ["query", "client_job_id"], "msg": "differs from body.client_job_id", "type": "value_error"}
-            ],
-        )
-    return query_value if query_value is not None else body.client_job_id
+# -- helpers ------------------------------------------------------------------------------------
+def _resolve(request: Request, engine: Engine, body: StableAudioRequest, query_id: str | None) -> service.Resolved:
+    return service.resolve(body, engine.model, get_state(request).settings, query_id)
 
 
-def _invalid(field: str | list, msg: str) -> HTTPException:
-    loc = ["body", *field] if isinstance(field, list) else ["body", field]
-    return HTTPException(422, detail=[{"loc": loc, "msg": msg, "type": "value_error"}])
+async def _resolve_async(
+    request: Request, engine: Engine, body: StableAudioRequest, query_id: str | None
+) -> service.Resolved:
+    if service.has_uploads(body):  # decoding and resampling take a while: off the event loop
+        return await run_in_threadpool(_resolve, request, engine, body, query_id)
+    return _resolve(request, engine, body, query_id)
 
 
-def _check_prompt_length(request: Request, body: StableAudioRequest) -> None:
-    """STABLE_AUDIO_MAX_PROMPT_CHARS may be tighter than the schema's hard cap."""
-    cap = service(request).settings.max_prompt_chars
-    for name in ("prompt", "negative_prompt"):
-        text = getattr(body, name)
-        if text is not None and len(text) > cap:
-            raise _invalid(name, f"at most {cap} characters (this one has {len(text)})")
-
-
-def _check_model_limits(engine, body: StableAudioRequest) -> None:
-    """The schema holds loose outer bounds; the loaded model's limits (GET /models) decide. A field the
-    client left out takes the model's default."""
-    limits = engine.model.limits
-    for name in ("duration", "guidance_scale", "num_inference_steps"):
-        bound = getattr(limits, name)
-        if getattr(body, name) is None:
-            default = int(bound.default) if name == "num_inference_steps" else float(bound.default)
-            setattr(body, name, default)
-        value = getattr(body, name)
-        if not bound.minimum <= value <= bound.maximum:
-            limit = f"must be between {bound.minimum:g} and {bound.maximum:g} for model {engine.model.name}"
-            raise _invalid(name, limit)
-    _check_audio_fields(engine, body)
-
-
-def _check_audio_fields(engine, body: StableAudioRequest) -> None:
-    family = engine.model.family
-    if body.init_audio_b64 is not None and body.inpaint_audio_b64 is not None:
-        raise _invalid("inpaint_audio_b64", "give init_audio_b64 (audio-to-audio) or inpaint_audio_b64, not both")
-    if body.init_noise_level is not None:
-        if body.init_audio_b64 is None:
-            raise _invalid("init_noise_level", "init_noise_level needs init_audio_b64")
-        if family != "sa3":
-            raise _invalid(
-                "init_noise_level",
-                f"not supported by {family} models: their audio-to-audio adds the audio's latents to full-strength "
-                "noise (diffusers' initial_audio_waveforms); leave it out",
-            )
-    if body.inpaint_regions is not None and body.inpaint_audio_b64 is None:
-        raise _invalid("inpaint_regions", "inpaint_regions needs inpaint_audio_b64")
-    if body.inpaint_audio_b64 is not None:
-        if family != "sa3":
-            raise _invalid("inpaint_audio_b64", f"inpainting needs a Stable Audio 3 model; this one is {family}")
-        for i, region in enumerate(body.inpaint_regions or []):
-            if region.start_s >= body.duration:
-                raise _invalid(
-                    ["inpaint_regions", i, "start_s"], f"starts at or after the end of the output ({body.duration:g} s)"
-                )
-
-
-def _upload(settings, field: str, value: str, model, duration: float) -> tuple:
-    import binascii
-
-    from .. import audio as audio_io
-
-    try:
-        data = base64.b64decode(value, validate=True)
-    except (binascii.Error, ValueError):
-        raise _invalid(field, "not valid base64") from None
-    try:
-        audio, info = audio_io.decode_upload(
-            data,
-            model.sample_rate,
-            model.channels,
-            max_bytes=settings.max_upload_bytes,
-            max_seconds=settings.max_upload_seconds,
-        )
-    except audio_io.UploadError as exc:
-        raise _invalid(field, str(exc)) from None
-    usable = _usable_samples(model, duration)
-    if usable is not None and audio.shape[-1] > usable:
-        audio = audio[:, :usable].copy()
-    return audio, info
-
-
-def _usable_samples(model, duration: float) -> int | None:
-    """Samples of an upload the model can use for this clip; the rest is not kept in the queue.
-    sa3: the clip's latents plus the SAME band's halo; open-1.0: its latent window (as diffusers)."""
-    if hasattr(model, "latent_length") and hasattr(model, "halo"):
-        return (model.latent_length(duration) + model.halo) * model.hop
-    if hasattr(model, "window_for"):
-        return model.window_for(duration) * model.hop
-    return None
-
-
-def _prepare_audio(engine, body: StableAudioRequest, settings) -> dict:
-    """Decode and convert uploaded audio (after the limits check); returns GenerationParams fields."""
-    from .schemas import DEFAULT_INIT_NOISE_LEVEL
-
-    _check_model_limits(engine, body)
-    model = engine.model
-    if body.init_audio_b64 is not None:
-        audio, _info = _upload(settings, "init_audio_b64", body.init_audio_b64, model, body.duration)
-        level = body.init_noise_level
-        if model.family == "sa3" and level is None:
-            level = DEFAULT_INIT_NOISE_LEVEL
-        return {"init_audio": audio, "init_noise_level": level}
-    if body.inpaint_audio_b64 is not None:
-        audio, _info = _upload(settings, "inpaint_audio_b64", body.inpaint_audio_b64, model, body.duration)
-        regions = [(r.start_s, min(r.end_s, body.duration)) for r in body.inpaint_regions or []]
-        if not regions and audio.shape[-1] >= int(body.duration * model.sample_rate):
-            raise _invalid(
-                "inpaint_regions",
-                "nothing to generate: give regions to regenerate, or a duration longer than the source (continuation)",
-            )
-        return {"inpaint_audio": audio, "inpaint_regions": regions}
-    return {}
-
-
-def _has_audio(body: StableAudioRequest) -> bool:
-    return body.init_audio_b64 is not None or body.inpaint_audio_b64 is not None
-
-
-def _submit(engine, body: StableAudioRequest, client_job_id: str | None, audio: dict | None = None) -> Job:
-    _check_model_limits(engine, body)
-    if audio is None and _has_audio(body):
-        raise _invalid("init_audio_b64", "internal: uploaded audio was not prepared")
-    params = GenerationParams(
-        prompt=body.prompt,
-        duration=body.duration,
-        guidance_scale=body.guidance_scale,
-        num_inference_steps=body.num_inference_steps,
-        seed=body.seed,
-        negative_prompt=body.negative_prompt,
-        **(audio or {}),
-    )
+def _submit(engine: Engine, resolved: service.Resolved, keep: bool = True) -> Job:
     from opentelemetry import context as otel_context
 
     trace_id, span_id = telemetry.span_ids()
     try:
         return engine.submit(
-            params,
-            format=body.format,
-            client_job_id=client_job_id,
+            resolved.params,
+            format=resolved.format,
+            client_job_id=resolved.client_job_id,
             context={"trace_id": trace_id, "span_id": span_id, "otel": otel_context.get_current()},
+            **({} if keep else {"keep": False}),
         )
     except QueueFull as exc:
         telemetry.record_rejected("queue_full")
@@ -242,33 +135,88 @@ def _raise_for(job: Job) -> None:
         raise HTTPException(job.error_status or 500, detail=job.error or "generation failed", headers=headers)
 
 
+def wanted_audio_format(request: Request) -> str | None:
+    """The audio format an `Accept` header asks for (`audio/wav`, `audio/flac`, `audio/ogg`, `audio/mpeg`), or
+    None for JSON (the default, also for `*/*`)."""
+    accept = request.headers.get("accept", "")
+    for part in accept.split(","):
+        media = part.split(";")[0].strip().lower()
+        if media in AUDIO_MEDIA:
+            return AUDIO_MEDIA[media]
+        if media in ("application/json", "*/*"):
+            return None
+    return None
+
+
+def audio_response(job: Job) -> Response:
+    """The file itself, with the metadata in headers (`X-Seed`, `X-Sample-Rate`, ...)."""
+    res = job.result
+    assert res is not None
+    ctx = job.context or {}
+    headers = {
+        "X-Seed": str(job.params.seed),
+        "X-Sample-Rate": str(res.sample_rate),
+        "X-Channels": str(res.channels),
+        "X-Num-Samples": str(res.num_samples),
+        "X-Duration": f"{res.duration:.6f}",
+        "X-Format": res.format,
+        "Content-Disposition": f'attachment; filename="{job.id}.{res.format}"',
+    }
+    for header, value in (
+        ("X-Client-Job-Id", job.client_job_id),
+        ("X-Trace-Id", ctx.get("trace_id")),
+        ("X-Span-Id", ctx.get("span_id")),
+    ):
+        if value:
+            headers[header] = value
+    return Response(res.data, media_type=MEDIA_TYPES[res.format], headers=headers)
+
+
+async def json_response(model: Any, size_hint: int) -> Response:
+    """Serialise a response model; big payloads (base64 audio) in a worker thread so /health and SSE
+    keep answering while a long clip is encoded."""
+
+    def render() -> bytes:
+        return model.model_dump_json().encode()
+
+    body = await run_in_threadpool(render) if size_hint > BIG_PAYLOAD_BYTES else render()
+    return Response(body, media_type="application/json")
+
+
+# -- service routes -------------------------------------------------------------------------------
 @router.get("/health", response_model=HealthResponse, tags=["service"])
 def health(request: Request) -> Any:
-    state = service(request)
+    state = get_state(request)
     model = state.model.name if state.model is not None else None
-    if state.status == "ok":
+    healthy = getattr(state.engine, "healthy", True) if state.engine is not None else True
+    if state.status == "ok" and healthy:
         return {"status": "ok", "service": SERVICE, "version": __version__, "model": model}
-    body = {"status": state.status, "service": SERVICE, "version": __version__, "model": model, "detail": state.reason}
+    status = state.status if state.status != "ok" else "error"
+    reason = state.reason if state.status != "ok" else getattr(state.engine, "fatal_reason", "the engine stopped")
+    body = {"status": status, "service": SERVICE, "version": __version__, "model": model, "detail": reason}
     return JSONResponse(body, status_code=503, headers={"Retry-After": RETRY_AFTER_S})
 
 
 @router.get("/ready", tags=["service"])
 def ready(request: Request) -> Any:
-    state = service(request)
-    if state.status == "ok" and state.engine is not None and state.engine.accepting:
-        return {"ready": True, "queue_depth": state.engine.queue_depth(), "running": state.engine.running_count()}
-    reason = state.reason if state.status != "ok" else "the engine is not accepting work (shutting down)"
+    state = get_state(request)
+    engine = state.engine
+    if state.status == "ok" and engine is not None and engine.accepting:
+        return {"ready": True, "queue_depth": engine.queue_depth(), "running": engine.running_count()}
+    if state.status != "ok":
+        reason = state.reason
+    elif engine is not None and not getattr(engine, "healthy", True):
+        reason = getattr(engine, "fatal_reason", "the engine stopped")
+    else:
+        reason = "the engine is not accepting work (shutting down)"
     return JSONResponse({"ready": False, "detail": reason}, status_code=503, headers={"Retry-After": RETRY_AFTER_S})
 
 
 @router.get("/models", tags=["service"])
-def models(request: Request) -> Any:
-    engine = ready_engine(request)
+def models(request: Request, engine: EngineDep) -> Any:
     m = engine.model
-
-    def bound(b, kind):
-        return {"default": kind(b.default), "minimum": kind(b.minimum), "maximum": kind(b.maximum)}
-
+    settings = get_state(request).settings
+    known = registry.lookup(m.name)
     return {
         "name": m.name,
         "family": m.family,
@@ -277,28 +225,10 @@ def models(request: Request) -> Any:
         "sample_rate": m.sample_rate,
         "channels": m.channels,
         "max_duration": m.limits.duration.maximum,
-        "window": getattr(m, "window_mode", None),
-        "fields": {
-            "duration": bound(m.limits.duration, float),
-            "guidance_scale": bound(m.limits.guidance_scale, float),
-            "num_inference_steps": bound(m.limits.num_inference_steps, int),
-            "seed": {"default": None, "minimum": 0, "maximum": 2**32 - 1},
-            "format": {"default": "wav", "choices": ["wav", "flac", "ogg", "mp3"]},
-            "prompt": {"max_length": service(request).settings.max_prompt_chars},
-        },
+        **m.describe(),
+        "fields": service.request_fields(m, settings),
+        "capabilities": service.capabilities(m, settings),
         "batching": {"max_batch_size": engine.max_batch_size, "queue_size": engine.queue_size},
-        **_model_extras(m, service(request).settings),
-    }
-
-
-def _model_extras(m, settings) -> dict:
-    """What GET /models adds for audio inputs and the model registry."""
-    from ..models import registry
-    from .schemas import DEFAULT_INIT_NOISE_LEVEL
-
-    known = registry.lookup(m.name)
-    sa3 = m.family == "sa3"
-    return {
         "hub_id": known.hub_id if known else None,
         "registry": [
             {
@@ -314,19 +244,11 @@ def _model_extras(m, settings) -> dict:
             }
             for k in registry.KNOWN_MODELS
         ],
-        "audio_inputs": {
-            "audio_to_audio": True,
-            "init_noise_level": (
-                {"default": DEFAULT_INIT_NOISE_LEVEL, "minimum_exclusive": 0.0, "maximum": 1.0} if sa3 else None
-            ),
-            "inpainting": sa3,
-            "uploads": {
-                "max_bytes": settings.max_upload_bytes,
-                "max_seconds": settings.max_upload_seconds,
-                "formats": ["wav", "flac", "ogg", "mp3"],
-            },
-        },
     }
+
+
+# -- generation ---------------------------------------------------------------------------------
+AUDIO_CONTENT = {media: {} for media in MEDIA_TYPES.values()}
 
 
 @router.post(
@@ -334,21 +256,29 @@ def _model_extras(m, settings) -> dict:
     response_model=StableAudioResponse,
     tags=["generate"],
     responses={
+        200: {"content": AUDIO_CONTENT, "description": "JSON by default; the file itself for `Accept: audio/...`"},
         409: {"description": "the job was cancelled (DELETE /jobs/{id})"},
         429: {"description": "queue full; see Retry-After"},
         500: {"description": "generation failed (the reason is in detail)"},
     },
 )
-async def predict(body: StableAudioRequest, request: Request, client_job_id: ClientJobId = None) -> Any:
-    """Generate and wait. A client that disconnects cancels its work."""
-    engine = ready_engine(request)
-    _check_prompt_length(request, body)
-    audio = None
-    if _has_audio(body):  # decoding and resampling can take a while: off the event loop
-        from starlette.concurrency import run_in_threadpool
-
-        audio = await run_in_threadpool(_prepare_audio, engine, body, service(request).settings)
-    job = _submit(engine, body, _client_job_id(body, client_job_id), audio)
+async def predict(
+    body: StableAudioRequest, request: Request, engine: EngineDep, client_job_id: ClientJobId = None
+) -> Any:
+    """Generate and wait. A client that disconnects cancels its work. `Accept: audio/wav` (or flac, ogg,
+    mpeg) returns the file itself with the metadata in `X-` headers; JSON is the default."""
+    want = wanted_audio_format(request)
+    if want is not None and body.format != want and "format" in body.model_fields_set:
+        raise HTTPException(
+            422,
+            detail=[
+                {"loc": ["body", "format"], "msg": f"differs from the Accept header ({want})", "type": "value_error"}
+            ],
+        )
+    if want is not None:
+        body.format = want
+    resolved = await _resolve_async(request, engine, body, client_job_id)
+    job = _submit(engine, resolved)  # TODO(issue 11): keep=False once the engine drops /predict results
     queue = engine.subscribe(job)
     loop = asyncio.get_running_loop()
     next_check = loop.time() + DISCONNECT_POLL_S
@@ -366,7 +296,9 @@ async def predict(body: StableAudioRequest, request: Request, client_job_id: Cli
     finally:
         engine.unsubscribe(job, queue)
     _raise_for(job)
-    return _result(job)
+    if want is not None:
+        return audio_response(job)
+    return await json_response(_result(job), len(job.result.data) if job.result else 0)
 
 
 @router.post(
@@ -376,36 +308,70 @@ async def predict(body: StableAudioRequest, request: Request, client_job_id: Cli
     tags=["jobs"],
     responses={429: {"description": "queue full; see Retry-After"}},
 )
-def create_job(body: StableAudioRequest, request: Request, client_job_id: ClientJobId = None) -> Any:
-    engine = ready_engine(request)
-    _check_prompt_length(request, body)
-    audio = _prepare_audio(engine, body, service(request).settings) if _has_audio(body) else None
-    job = _submit(engine, body, _client_job_id(body, client_job_id), audio)
+async def create_job(
+    body: StableAudioRequest, request: Request, engine: EngineDep, client_job_id: ClientJobId = None
+) -> Any:
+    resolved = await _resolve_async(request, engine, body, client_job_id)
+    job = _submit(engine, resolved)
     return JobAccepted(id=job.id, status=job.status.value, position=engine.position(job), meta=_meta(job))
 
 
-def _job_or_404(request: Request, job_id: str) -> Job:
-    engine = ready_engine(request)
+def _job_or_404(engine: Engine, job_id: str) -> Job:
     job = engine.get(job_id)
     if job is None:
         raise HTTPException(404, detail=f"no job {job_id!r} (unknown, or expired after the retention time)")
     return job
 
 
-def _job_view(request: Request, job: Job) -> JobView:
-    engine = ready_engine(request)
+def _job_view(engine: Engine, job: Job) -> JobView:
     s = job.summary()
+    res = job.result if job.status == JobStatus.done else None
+    info = None
+    if res is not None:
+        info = JobResultInfo(
+            audio_url=f"/jobs/{job.id}/audio",
+            sample_rate=res.sample_rate,
+            duration=round(res.duration, 6),
+            channels=res.channels,
+            num_samples=res.num_samples,
+            seed=job.params.seed,
+            format=res.format,
+            bytes=len(res.data),
+            timings=Timings(**s["timings"]),
+        )
     return JobView(
         **{k: s[k] for k in ("id", "status", "step", "total_steps", "created", "started", "finished", "error")},
         position=engine.position(job),
         timings=Timings(**s["timings"]),
-        result=_result(job) if job.status == JobStatus.done else None,
+        meta=_meta(job),
+        result=info,
     )
 
 
 @router.get("/jobs/{job_id}", response_model=JobView, tags=["jobs"], responses={404: {"description": "no such job"}})
-def get_job(job_id: str, request: Request) -> Any:
-    return _job_view(request, _job_or_404(request, job_id))
+def get_job(job_id: str, engine: ReadingEngineDep) -> Any:
+    """Status and timings; once done, `result.audio_url` points at the file (`GET /jobs/{id}/audio`)."""
+    return _job_view(engine, _job_or_404(engine, job_id))
+
+
+@router.get(
+    "/jobs/{job_id}/audio",
+    tags=["jobs"],
+    response_class=Response,
+    responses={
+        200: {"content": AUDIO_CONTENT, "description": "the finished job's audio file"},
+        404: {"description": "no such job"},
+        409: {"description": "not finished, cancelled or failed"},
+    },
+)
+def get_job_audio(job_id: str, engine: ReadingEngineDep) -> Response:
+    job = _job_or_404(engine, job_id)
+    if job.status not in TERMINAL:
+        raise HTTPException(409, detail=f"job is {job.status.value}; wait for it (GET /jobs/{job_id}/events)")
+    _raise_for(job)
+    if job.result is None:
+        raise HTTPException(404, detail="the result was evicted (STABLE_AUDIO_MAX_RESULT_BYTES / retention)")
+    return audio_response(job)
 
 
 @router.delete(
@@ -414,12 +380,12 @@ def get_job(job_id: str, request: Request) -> Any:
     tags=["jobs"],
     responses={404: {"description": "no such job"}, 409: {"description": "already finished"}},
 )
-def cancel_job(job_id: str, request: Request) -> Any:
-    job = _job_or_404(request, job_id)
+def cancel_job(job_id: str, engine: ReadingEngineDep) -> Any:
+    job = _job_or_404(engine, job_id)
     if job.status in (JobStatus.done, JobStatus.failed):
         raise HTTPException(409, detail=f"job already {job.status.value}")
-    service(request).engine.cancel(job_id)
-    return _job_view(request, job)
+    engine.cancel(job_id)
+    return _job_view(engine, job)
 
 
 @router.get(
@@ -428,10 +394,9 @@ def cancel_job(job_id: str, request: Request) -> Any:
     response_class=StreamingResponse,
     responses={404: {"description": "no such job"}},
 )
-async def job_events(job_id: str, request: Request) -> StreamingResponse:
+async def job_events(job_id: str, request: Request, engine: ReadingEngineDep) -> StreamingResponse:
     """Server-Sent Events: `queued` (position), `step` (step/total), then `done`, `failed` or `cancelled`."""
-    job = _job_or_404(request, job_id)
-    engine = service(request).engine
+    job = _job_or_404(engine, job_id)
 
     async def stream():
         queue = engine.subscribe(job)

@@ -23,10 +23,19 @@ def _clean_text(value: str | None, field: str) -> str | None:
     return value
 
 
-# The longest clip any known model makes (Stable Audio 3 medium); each model's own limit is enforced per request.
-MAX_DURATION_ANY_MODEL = 380.0
-DEFAULT_INIT_NOISE_LEVEL = 0.6
+# Outer limits of every family; the loaded model's own defaults and bounds are enforced per request (the
+# service layer) and written into the served OpenAPI schema (api/openapi.py).
+MAX_DURATION_ANY_MODEL = 400.0
 MAX_INPAINT_REGIONS = 16
+MAX_LORAS_PER_REQUEST = 4
+LORA_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+
+
+class LoraRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    name: str = Field(..., pattern=LORA_NAME_PATTERN, description="Adapter name: its file stem (GET /loras).")
+    strength: float = Field(1.0, ge=-10.0, le=10.0, description="Scale of the adapter's low-rank term.")
 
 
 class InpaintRegion(BaseModel):
@@ -50,12 +59,11 @@ class StableAudioRequest(BaseModel):
     # static bounds below are the loose outer limits of every family. Omitted: the model's default.
     duration: float | None = Field(
         None,
-        ge=1.0,
+        gt=0.0,
         le=MAX_DURATION_ANY_MODEL,
-        description="Seconds of audio. Default and range depend on the loaded model (GET /models): "
-        "stable-audio-open-1.0 10 s, 1-30; Stable Audio 3 10 s, up to 120 (small) or 380 (medium) "
-        "or the operator's STABLE_AUDIO_MAX_DURATION.",
-        json_schema_extra={"default": 10.0},
+        description="Seconds of audio. Omitted: the model's default. Bounds are the loaded model's (GET /models): "
+        "stable-audio-open-1.0 10 s, 1-30; Stable Audio 3 from a fraction of a second up to the checkpoint's longest "
+        "clip or the operator's STABLE_AUDIO_MAX_DURATION.",
     )
     guidance_scale: float | None = Field(
         None,
@@ -63,15 +71,25 @@ class StableAudioRequest(BaseModel):
         le=20.0,
         description="Classifier-free guidance; 1 turns it off. Default per model: 7 for stable-audio-open-1.0, "
         "1 (off: guidance is distilled into the weights) for Stable Audio 3.",
-        json_schema_extra={"default": 7.0},
     )
     num_inference_steps: int | None = Field(
         None,
         ge=1,
         le=200,
         description="Denoising steps. Default and range per model: stable-audio-open-1.0 100, 10-200; "
-        "Stable Audio 3 8, 1-200.",
-        json_schema_extra={"default": 100},
+        "Stable Audio 3 8.",
+    )
+    apg_scale: float | None = Field(
+        None,
+        ge=0.0,
+        le=1.0,
+        description="Stable Audio 3 only: adaptive projected guidance when guidance_scale > 1. 1 (default, as "
+        "Stability's code) keeps only the part of the guidance orthogonal to the prediction; 0 is plain CFG.",
+    )
+    loras: list[LoraRequest] | None = Field(
+        None,
+        max_length=MAX_LORAS_PER_REQUEST,
+        description="Stable Audio 3 only: adapters applied in this order (GET /loras lists them).",
     )
     seed: int | None = Field(None, ge=0, le=MAX_SEED, description="Same seed and parameters give the same audio.")
     negative_prompt: str | None = Field(None, max_length=MAX_PROMPT_CHARS, description="What to steer away from.")
@@ -88,8 +106,8 @@ class StableAudioRequest(BaseModel):
         None,
         gt=0.0,
         le=1.0,
-        description=f"Audio-to-audio strength (Stable Audio 3 only), in (0, 1]: 1 ignores the audio, lower keeps "
-        f"more of it. Default {DEFAULT_INIT_NOISE_LEVEL}.",
+        description="Audio-to-audio strength (Stable Audio 3 only), in (0, 1]: 1 ignores the audio, lower keeps "
+        "more of it. Default: GET /models `capabilities.init_noise_level`.",
     )
     inpaint_audio_b64: str | None = Field(
         None,
@@ -155,6 +173,20 @@ class JobAccepted(BaseModel):
     meta: ResponseMetadata
 
 
+class JobResultInfo(BaseModel):
+    """A finished job's result without the audio itself (fetch that from `audio_url`)."""
+
+    audio_url: str
+    sample_rate: int
+    duration: float
+    channels: int
+    num_samples: int
+    seed: int
+    format: AudioFormat
+    bytes: int
+    timings: Timings | None = None
+
+
 class JobView(BaseModel):
     id: str
     status: Literal["queued", "running", "done", "failed", "cancelled"]
@@ -166,7 +198,8 @@ class JobView(BaseModel):
     finished: float | None = None
     timings: Timings
     error: str | None = None
-    result: StableAudioResponse | None = None
+    meta: ResponseMetadata | None = None
+    result: JobResultInfo | None = Field(None, description="Once done: the result's facts and where to GET the file.")
 
 
 class ErrorBody(BaseModel):

@@ -1,15 +1,22 @@
-"""What every model family gives the engine: limits, and a step-wise generation API.
+"""What every model family gives the engine and the request path.
 
-The engine owns the loop (so it can batch, report progress and cancel between steps);
-a family owns what happens inside one step.
+The engine owns the loop (so it can batch, report progress and cancel between steps); a family
+owns what happens inside one step. A family also *declares* what it can do (`Capabilities`) and
+its request limits (`ModelLimits`), so the request path, `GET /models` and the OpenAPI schema read
+facts instead of probing classes or comparing family names.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from abc import ABC, abstractmethod
+from collections import OrderedDict
+from collections.abc import Hashable
+from dataclasses import dataclass
+from threading import Lock
+from typing import Any, Generic, TypeVar
 
 import numpy as np
+import torch
 
 
 class GenerationError(RuntimeError):
@@ -22,6 +29,9 @@ class Bound:
     minimum: float
     maximum: float
 
+    def as_dict(self, kind: type = float) -> dict[str, Any]:
+        return {"default": kind(self.default), "minimum": kind(self.minimum), "maximum": kind(self.maximum)}
+
 
 @dataclass(frozen=True)
 class ModelLimits:
@@ -30,6 +40,31 @@ class ModelLimits:
     duration: Bound
     guidance_scale: Bound
     num_inference_steps: Bound
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a family can do beyond text-to-audio; `None` / False means the request field is refused."""
+
+    audio_to_audio: bool = False
+    # Strength control of audio-to-audio (noise mixed into the source's latents); None: no control.
+    init_noise_level: Bound | None = None
+    # inpaint_regions and continuation (a duration longer than the source).
+    inpainting: bool = False
+    # Adaptive projected guidance (Stable Audio 3); None: plain classifier-free guidance only.
+    apg_scale: Bound | None = None
+    # Per-request LoRA adapters.
+    loras: bool = False
+    # Why audio-to-audio has little effect, or other caveats a user should read (GET /models, the page).
+    notes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class LoraRef:
+    """One adapter of a request: its name (file stem) and strength."""
+
+    name: str
+    strength: float = 1.0
 
 
 @dataclass
@@ -41,26 +76,36 @@ class GenerationParams:
     seed: int
     negative_prompt: str | None = None
     # Audio-to-audio: float32 (channels, samples) already at the model's rate and channel count.
-    init_audio: Any = None
+    init_audio: np.ndarray | None = None
     init_noise_level: float | None = None
-    # Inpainting / continuation (sa3): the source, and (start_s, end_s) regions to regenerate.
-    inpaint_audio: Any = None
+    # Inpainting / continuation: the source, and (start_s, end_s) regions of the output to regenerate.
+    # A duration longer than the source regenerates the tail too (continuation); the family does that.
+    inpaint_audio: np.ndarray | None = None
     inpaint_regions: list[tuple[float, float]] | None = None
+    apg_scale: float | None = None
+    loras: tuple[LoraRef, ...] = ()
+
+    def drop_uploads(self) -> None:
+        """Free the uploaded audio once the model has encoded it (it may be minutes of float32)."""
+        self.init_audio = None
+        self.inpaint_audio = None
 
 
 @dataclass
 class GenerationState:
-    """Per-request state between steps. Each request owns its scheduler and generator."""
+    """Per-request state between steps. Families subclass it with their own typed fields."""
 
     params: GenerationParams
-    batch_key: tuple
+    batch_key: Hashable
     total_steps: int
     step: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def finished(self) -> bool:
         return self.step >= self.total_steps
+
+
+S = TypeVar("S", bound=GenerationState)
 
 
 def check_batch(states: list[GenerationState]) -> None:
@@ -69,22 +114,81 @@ def check_batch(states: list[GenerationState]) -> None:
         raise ValueError("a batch must share its batch key and step")
 
 
-class AudioModel(Protocol):
+def to_audio(waveform: torch.Tensor) -> np.ndarray:
+    """One request's decoded waveform (channels, samples) -> float32 numpy in [-1, 1]; NaN is an error
+    (a broken model must not be served as silence or noise)."""
+    audio = waveform.float().cpu().numpy()
+    if not np.isfinite(audio).all():
+        raise GenerationError("the model produced non-finite audio (NaN or infinity)")
+    return np.clip(audio, -1.0, 1.0)
+
+
+class TextEmbeddingCache:
+    """Bounded LRU of text-encoder outputs keyed by the exact text: a repeated prompt skips the encoder."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._items: OrderedDict[str, Any] = OrderedDict()
+        self._lock = Lock()
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, text: str) -> Any | None:
+        with self._lock:
+            value = self._items.get(text)
+            if value is None:
+                self.misses += 1
+                return None
+            self._items.move_to_end(text)
+            self.hits += 1
+            return value
+
+    def put(self, text: str, value: Any) -> None:
+        if self.capacity <= 0:
+            return
+        with self._lock:
+            self._items[text] = value
+            self._items.move_to_end(text)
+            while len(self._items) > self.capacity:
+                self._items.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+class AudioModel(ABC, Generic[S]):
+    """A loaded model as the engine and the request path see it."""
+
     name: str
     family: str
     sample_rate: int
     channels: int
-    limits: ModelLimits
     device: str
     dtype: str
+    limits: ModelLimits
+    capabilities: Capabilities
 
-    def batch_key(self, params: GenerationParams) -> tuple:
+    @abstractmethod
+    def batch_key(self, params: GenerationParams) -> Hashable:
         """Requests with equal keys can share a forward pass."""
 
-    def start(self, params: GenerationParams) -> GenerationState: ...
+    @abstractmethod
+    def upload_samples(self, duration: float) -> int:
+        """Samples (at the model's rate) of an uploaded source that a clip of `duration` can use; the rest
+        is never decoded or kept."""
 
-    def step(self, states: list[GenerationState]) -> None:
+    @abstractmethod
+    def start(self, params: GenerationParams) -> S:
+        """Encode text and audio, draw the initial noise."""
+
+    @abstractmethod
+    def step(self, states: list[S]) -> None:
         """Advance every state by one denoising step in one batched forward pass."""
 
-    def finish(self, state: GenerationState) -> np.ndarray:
+    @abstractmethod
+    def finish(self, state: S) -> np.ndarray:
         """Decode to float32 audio of shape (channels, samples), clipped to [-1, 1]."""
+
+    def describe(self) -> dict[str, Any]:
+        """Family-specific facts for `GET /models` (window mode, structure, ...)."""
+        return {}

@@ -47,15 +47,43 @@ def pick_dtype(device: str, requested: str = "auto") -> torch.dtype:
     return torch.float16 if device in ("cuda", "mps") else torch.float32
 
 
+def dtype_bytes(dtype: torch.dtype) -> int:
+    return DTYPE_BYTES.get(dtype, 4)
+
+
+def safetensors_parameters(files) -> int:
+    """Parameters from safetensors headers alone: no weights are read."""
+    total = 0
+    for file in files:
+        file = Path(file)
+        if not file.is_file():
+            continue
+        with open(file, "rb") as fh:
+            (length,) = struct.unpack("<Q", fh.read(8))
+            header = json.loads(fh.read(length))
+        for key, info in header.items():
+            if key != "__metadata__":
+                total += math.prod(info["shape"])
+    return total
+
+
+def _how_to_get(source: str) -> str:
+    return (
+        f"To get weights: accept the licence at https://huggingface.co/{source}, then "
+        f"`HF_TOKEN=... huggingface-cli download {source} --local-dir {DEFAULT_LOCAL_MODEL}`, or point "
+        f"STABLE_AUDIO_MODEL / --model at a model directory. To try the service without weights: "
+        f"`stable-audio-service make-tiny /tmp/tiny` and --model /tmp/tiny."
+    )
+
+
 def resolve_source(source: str) -> Path:
     """A local directory as is; a hub id through the HF cache, downloading only if it is missing."""
+    from . import registry
+
     path = Path(source).expanduser()
     if path.exists():
-        if not (path / "model_index.json").is_file():
-            raise ModelLoadError(
-                f"{path} exists but holds no model_index.json: expected a diffusers-layout model directory "
-                f"(model_index.json plus transformer/, vae/, text_encoder/, tokenizer/, projection_model/, scheduler/)."
-            )
+        if not path.is_dir() or registry.detect_family(path) is None:
+            raise ModelLoadError(f"{path} holds no model this service knows. Expected {registry.layouts()}.")
         return path
     if source.startswith(("/", ".", "~")) or source.count("/") != 1:
         raise ModelLoadError(f"model directory {source} does not exist (and it is not a hub repo id like owner/name).")
@@ -73,48 +101,18 @@ def resolve_source(source: str) -> Path:
             f"no weights for {source!r}: not in the Hugging Face cache and the hub could not be reached "
             f"({type(exc).__name__}: {reason}).\n"
             f"Looked at: {DEFAULT_LOCAL_MODEL} (studio path), the HF cache, then huggingface.co.\n"
-            f"To get them: accept the licence at https://huggingface.co/{source}, then "
-            f"`HF_TOKEN=... huggingface-cli download {source} --local-dir {DEFAULT_LOCAL_MODEL}`, "
-            f"or point STABLE_AUDIO_MODEL / --model at a diffusers-layout directory. "
-            f"To try the service without weights: `stable-audio-service make-tiny /tmp/tiny` and --model /tmp/tiny."
+            + _how_to_get(source)
         ) from None
 
 
-# model_index.json's pipeline class -> the family that serves it (the audio-to-audio and inpaint
-# pipelines of SA3 share StableAudio3Pipeline's components, so their directories load the same way).
-FAMILIES = {
-    "StableAudioPipeline": "open-1.0",
-    "StableAudio3Pipeline": "sa3",
-    "StableAudio3AudioToAudioPipeline": "sa3",
-    "StableAudio3InpaintPipeline": "sa3",
-}
-
-
 def read_family(path: Path) -> str:
-    try:
-        index = json.loads((path / "model_index.json").read_text())
-    except (OSError, ValueError) as exc:
-        raise ModelLoadError(f"{path}/model_index.json cannot be read: {type(exc).__name__}: {exc}") from None
-    cls = index.get("_class_name", "") if isinstance(index, dict) else ""
-    if cls in FAMILIES:
-        return FAMILIES[cls]
-    raise ModelLoadError(
-        f"{path}/model_index.json names {cls!r}; this service serves "
-        f"{', '.join(sorted(set(FAMILIES)))} models (Stable Audio Open 1.0 and Stable Audio 3)."
-    )
+    """The family name of the model in `path` (`open-1.0` or `sa3`)."""
+    from . import registry
 
-
-def count_parameters(path: Path) -> int:
-    """Parameters from the safetensors headers alone: no weights are read."""
-    total = 0
-    for file in path.glob("*/*.safetensors"):
-        with open(file, "rb") as fh:
-            (length,) = struct.unpack("<Q", fh.read(8))
-            header = json.loads(fh.read(length))
-        for key, info in header.items():
-            if key != "__metadata__":
-                total += math.prod(info["shape"])
-    return total
+    family = registry.detect_family(path)
+    if family is None:
+        raise ModelLoadError(f"{path} holds no model this service knows. Expected {registry.layouts()}.")
+    return family.name
 
 
 @dataclass
@@ -143,28 +141,15 @@ def available_memory(device: str) -> tuple[int, str]:
 
 
 def estimate_memory(path: Path, device: str, dtype: torch.dtype, max_seconds: float) -> MemoryEstimate:
-    """Weights at the serving dtype plus working memory for the longest allowed clip.
+    """Weights at the serving dtype (from the safetensors headers) plus the family's working memory for
+    the longest allowed clip, against what the device has free."""
+    from . import registry
 
-    The working term is dominated by the Oobleck decoder's last stage (audio samples x
-    decoder channels, a few live tensors); the factor 6 matches the measured fp32 peak of
-    the real model (11.6 GiB RSS with 4.9 GiB of weights, full-window decode).
-    """
-    size = DTYPE_BYTES.get(dtype, 4)
-    weights = count_parameters(path) * size
-    vae_cfg = json.loads((path / "vae" / "config.json").read_text())
-    if vae_cfg.get("_class_name") == "AutoencoderSAME":
-        # SAME decodes in fixed-size chunks (sa3.band_decode), so working memory does not grow with
-        # the square of the clip; the DiT's activations grow linearly. 0.5 GiB matches the measured
-        # fp32 peak of SA3 small (3.9 GiB RSS at 10 s, 4.3 GiB at 30 s, weights 3.4 GiB).
-        hop = vae_cfg.get("patch_size", 256) * math.prod(vae_cfg.get("encoder_strides", [16]))
-        latents = math.ceil(max_seconds * vae_cfg.get("sampling_rate", 44100) / hop)
-        working = GIB // 2 + latents * 64 * 1024 * size
-        available, where = available_memory(device)
-        return MemoryEstimate(weights + working, available, weights, working, where)
-    hop = math.prod(vae_cfg.get("downsampling_ratios", [2, 4, 4, 8, 8]))
-    sr = vae_cfg.get("sampling_rate", 44100)
-    samples = (math.ceil(max_seconds * sr / hop) + 16) * hop
-    working = 6 * samples * vae_cfg.get("decoder_channels", 128) * size
+    family = registry.detect_family(path)
+    if family is None:
+        raise ModelLoadError(f"{path} holds no model this service knows. Expected {registry.layouts()}.")
+    weights = family.weights_bytes(path, dtype)
+    working = family.working_bytes(path, dtype, max_seconds)
     available, where = available_memory(device)
     return MemoryEstimate(weights + working, available, weights, working, where)
 
@@ -183,22 +168,18 @@ def load_model(settings: Settings):
     import time
 
     from . import registry
-    from .open1 import OPEN1_LIMITS
 
     started = time.perf_counter()
     source = settings.resolved_model()
     path = resolve_source(source)
-    family = read_family(path)
+    family = registry.detect_family(path)
+    assert family is not None  # resolve_source checked it
     device = pick_device(settings.device)
     dtype = pick_dtype(device, settings.dtype)
     name = source if source != str(DEFAULT_LOCAL_MODEL) else DEFAULT_HUB_MODEL
-    if family == "sa3":
-        limits = registry.sa3_limits(registry.known_for(name, family), settings.max_duration)
-    else:
-        limits = OPEN1_LIMITS
     memory = None
     if not settings.skip_memory_check:
-        memory = estimate_memory(path, device, dtype, limits.duration.maximum)
+        memory = estimate_memory(path, device, dtype, family.longest_clip(path, settings))
         log.info(
             "memory: need %.2f GiB (weights %.2f + working %.2f), %s %.2f GiB",
             memory.needed / GIB,
@@ -216,31 +197,11 @@ def load_model(settings: Settings):
             )
     try:
         with _LOAD_LOCK:
-            model = _construct(family, path, name, device, dtype, limits, settings)
+            model = family.load(
+                registry.LoadRequest(path=path, name=name, device=device, dtype=dtype, settings=settings)
+            )
+    except ModelLoadError:
+        raise
     except Exception as exc:
         raise ModelLoadError(f"loading {path} failed: {type(exc).__name__}: {exc}") from exc
-    return model, LoadedInfo(source, path, family, memory, time.perf_counter() - started)
-
-
-def _construct(family: str, path: Path, name: str, device: str, dtype: torch.dtype, limits, settings: Settings):
-    if family == "sa3":
-        from .sa3 import StableAudio3Model
-
-        return StableAudio3Model.from_pretrained(
-            str(path),
-            name=name,
-            device=device,
-            dtype=dtype,
-            limits=limits,
-            text_cache_size=settings.text_cache_size,
-        )
-    from .open1 import StableAudioOpenModel
-
-    return StableAudioOpenModel.from_pretrained(
-        str(path),
-        name=name,
-        device=device,
-        dtype=dtype,
-        window=settings.window,
-        text_cache_size=settings.text_cache_size,
-    )
+    return model, LoadedInfo(source, path, family.name, memory, time.perf_counter() - started)

@@ -11,13 +11,24 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections import OrderedDict
-from threading import Lock
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 
-from .base import Bound, GenerationError, GenerationParams, GenerationState, ModelLimits, check_batch
+from .base import (
+    AudioModel,
+    Bound,
+    Capabilities,
+    GenerationError,
+    GenerationParams,
+    GenerationState,
+    ModelLimits,
+    TextEmbeddingCache,
+    check_batch,
+    to_audio,
+)
 
 # The Oobleck decoder is convolutional: output sample n depends on latents within a
 # few frames of n // hop. Decoding the kept latents plus this margin reproduces the
@@ -34,41 +45,31 @@ OPEN1_LIMITS = ModelLimits(
 warnings.filterwarnings("ignore", message="Should have .* but got", module="torchsde")
 
 
-class TextEmbeddingCache:
-    """Bounded LRU of projected, masked text embeddings keyed by the exact text."""
+@dataclass
+class Open1State(GenerationState):
+    """One request between steps: its latents, its conditioning and its own scheduler and generator
+    (diffusers' schedulers are stateful, so requests sharing a batch must not share one)."""
 
-    def __init__(self, capacity: int) -> None:
-        self.capacity = capacity
-        self._items: OrderedDict[str, torch.Tensor] = OrderedDict()
-        self._lock = Lock()
-        self.hits = 0
-        self.misses = 0
-
-    def get(self, text: str) -> torch.Tensor | None:
-        with self._lock:
-            value = self._items.get(text)
-            if value is None:
-                self.misses += 1
-                return None
-            self._items.move_to_end(text)
-            self.hits += 1
-            return value
-
-    def put(self, text: str, value: torch.Tensor) -> None:
-        if self.capacity <= 0:
-            return
-        with self._lock:
-            self._items[text] = value
-            self._items.move_to_end(text)
-            while len(self._items) > self.capacity:
-                self._items.popitem(last=False)
-
-    def __len__(self) -> int:
-        return len(self._items)
+    latents: torch.Tensor | None = None
+    cond: torch.Tensor | None = None
+    uncond: torch.Tensor | None = None  # None: no guidance for this request
+    global_states: torch.Tensor | None = None
+    scheduler: Any = None
+    generator: torch.Generator | None = None
 
 
-class StableAudioOpenModel:
+OPEN1_CAPABILITIES = Capabilities(
+    audio_to_audio=True,
+    notes=(
+        "audio-to-audio adds the source's latents to full-strength noise (diffusers' initial_audio_waveforms), "
+        "so the output changes only slightly; there is no strength control and no inpainting",
+    ),
+)
+
+
+class StableAudioOpenModel(AudioModel[Open1State]):
     family = "open-1.0"
+    capabilities = OPEN1_CAPABILITIES
 
     def __init__(
         self,
@@ -116,6 +117,13 @@ class StableAudioOpenModel:
 
     def batch_key(self, params: GenerationParams) -> tuple:
         return (params.num_inference_steps, self.window_for(params.duration))
+
+    def upload_samples(self, duration: float) -> int:
+        """diffusers encodes the source cropped to the latent window."""
+        return self.window_for(duration) * self.hop
+
+    def describe(self) -> dict[str, Any]:
+        return {"window": self.window_mode}
 
     @torch.no_grad()
     def encode_text(self, text: str) -> torch.Tensor:
@@ -180,7 +188,7 @@ class StableAudioOpenModel:
 
     # -- the step-wise API -----------------------------------------------------------
     @torch.no_grad()
-    def start(self, params: GenerationParams) -> GenerationState:
+    def start(self, params: GenerationParams) -> Open1State:
         from diffusers.utils.torch_utils import randn_tensor
 
         pipe = self.pipe
@@ -215,40 +223,30 @@ class StableAudioOpenModel:
         latents = latents * scheduler.init_noise_sigma
         if params.init_audio is not None:
             latents = latents + self._encode_initial_audio(params.init_audio, window, generator)
-        return GenerationState(
+        return Open1State(
             params=params,
             batch_key=self.batch_key(params),
             total_steps=len(scheduler.timesteps),
-            extra={
-                "latents": latents,
-                "cond": cond,
-                "uncond": uncond,
-                "global": global_states,
-                "scheduler": scheduler,
-                "generator": generator,
-            },
+            latents=latents,
+            cond=cond,
+            uncond=uncond,
+            global_states=global_states,
+            scheduler=scheduler,
+            generator=generator,
         )
 
     @torch.no_grad()
-    def step(self, states: list[GenerationState]) -> None:
+    def step(self, states: list[Open1State]) -> None:
         if not states:
             return
         check_batch(states)
-        ex = [s.extra for s in states]
-        t = ex[0]["scheduler"].timesteps[states[0].step]
-        cfg = any(e["uncond"] is not None for e in ex)
-        scaled = [e["scheduler"].scale_model_input(e["latents"], t) for e in ex]
-        if cfg:
-            inputs = torch.cat(scaled + scaled)
-            enc = torch.cat(
-                [e["uncond"] if e["uncond"] is not None else torch.zeros_like(e["cond"]) for e in ex]
-                + [e["cond"] for e in ex]
-            )
-            glob = torch.cat([e["global"] for e in ex] * 2)
-        else:
-            inputs = torch.cat(scaled)
-            enc = torch.cat([e["cond"] for e in ex])
-            glob = torch.cat([e["global"] for e in ex])
+        t = states[0].scheduler.timesteps[states[0].step]
+        # Guidance rows only for the requests that use guidance: [uncond rows of guided requests; cond rows of all].
+        guided = [i for i, s in enumerate(states) if s.uncond is not None]
+        scaled = [s.scheduler.scale_model_input(s.latents, t) for s in states]
+        inputs = torch.cat([scaled[i] for i in guided] + scaled)
+        enc = torch.cat([states[i].uncond for i in guided] + [s.cond for s in states])
+        glob = torch.cat([states[i].global_states for i in guided] + [s.global_states for s in states])
         rotary = self._rotary_for(inputs.shape[2] + glob.shape[1])
         pred = self.pipe.transformer(
             inputs,
@@ -258,27 +256,21 @@ class StableAudioOpenModel:
             rotary_embedding=rotary,
             return_dict=False,
         )[0]
-        n = len(states)
-        for i, (state, e) in enumerate(zip(states, ex, strict=True)):
-            if cfg:
-                uncond_pred, cond_pred = pred[i : i + 1], pred[n + i : n + i + 1]
-                if e["uncond"] is not None:
-                    noise = uncond_pred + state.params.guidance_scale * (cond_pred - uncond_pred)
-                else:
-                    noise = cond_pred
-            else:
-                noise = pred[i : i + 1]
-            e["latents"] = e["scheduler"].step(noise, t, e["latents"], generator=e["generator"]).prev_sample
+        g = len(guided)
+        uncond_row = {i: row for row, i in enumerate(guided)}
+        for i, state in enumerate(states):
+            noise = pred[g + i : g + i + 1]
+            if i in uncond_row:
+                uncond_pred = pred[uncond_row[i] : uncond_row[i] + 1]
+                noise = uncond_pred + state.params.guidance_scale * (noise - uncond_pred)
+            state.latents = state.scheduler.step(noise, t, state.latents, generator=state.generator).prev_sample
             state.step += 1
 
     @torch.no_grad()
-    def finish(self, state: GenerationState) -> np.ndarray:
-        latents = state.extra["latents"]
+    def finish(self, state: Open1State) -> np.ndarray:
+        latents = state.latents
         end = int(state.params.duration * self.sample_rate)
         keep = min(latents.shape[2], math.ceil(end / self.hop) + DECODE_MARGIN_LATENTS)
         audio = self.pipe.vae.decode(latents[:, :, :keep]).sample[0, :, :end]
-        state.extra.clear()
-        audio = audio.float().cpu().numpy()
-        if not np.isfinite(audio).all():
-            raise GenerationError("the model produced non-finite audio (NaN or infinity)")
-        return np.clip(audio, -1.0, 1.0)
+        state.latents = state.cond = state.uncond = None
+        return to_audio(audio)

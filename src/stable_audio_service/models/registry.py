@@ -1,21 +1,28 @@
-"""The open Stable Audio models this service knows: hub ids, family, limits and memory.
+"""The one table of model families and known checkpoints.
 
-The family of a model directory is decided by its model_index.json (see `loading.read_family`);
-this table adds what the directory does not say: the longest clip the checkpoint was trained for,
-the sampler defaults its authors recommend and a rough memory figure for operators.
+A *family* is a way of computing audio (Stable Audio Open 1.0 through diffusers' components, Stable
+Audio 3 as Stability's own library computes it). Each declares how to recognise its files, how to
+load them and how much memory that takes; nothing else in the service dispatches on family names.
 
-Hub ids were checked against the Hugging Face model pages (stabilityai/stable-audio-open-1.0,
-stabilityai/stable-audio-3-small-music, -small-sfx, -medium). All are gated: accept the licence on
-the model page (Stability AI Community License; the SA3 repos also the Gemma terms for T5Gemma)
-before `huggingface-cli download`. That the SA3 repositories hold a diffusers-layout
-model_index.json (as diffusers' StableAudio3Pipeline docstring implies) is not verified offline.
+A *known model* is a published checkpoint (hub id, longest clip, recommended sampler settings, a
+memory figure for operators). Hub ids were checked against the Hugging Face model pages; all are
+gated: accept the licence on the model page (Stability AI Community License; the SA3 repositories
+also the Gemma terms for T5Gemma) before downloading.
 """
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
 
-from .base import Bound, ModelLimits
+if TYPE_CHECKING:
+    import torch
+
+    from ..config import Settings
+    from .base import AudioModel
 
 GIB = 1024**3
 
@@ -82,9 +89,6 @@ KNOWN_MODELS: tuple[KnownModel, ...] = (
     ),
 )
 
-# Fallbacks when the model is not in the table (a local or fine-tuned checkpoint).
-FAMILY_DEFAULTS = {"open-1.0": KNOWN_MODELS[0], "sa3": KNOWN_MODELS[1]}
-
 
 def lookup(name_or_id: str | None) -> KnownModel | None:
     """By hub id, short name, or a path whose last component is one of those."""
@@ -98,21 +102,189 @@ def lookup(name_or_id: str | None) -> KnownModel | None:
     return None
 
 
-def known_for(name_or_id: str | None, family: str) -> KnownModel:
-    """The registry entry for this model, else the family's default entry."""
-    known = lookup(name_or_id)
-    if known is not None and known.family == family:
-        return known
-    return FAMILY_DEFAULTS[family]
+@dataclass(frozen=True)
+class LoadRequest:
+    """What a family's loader gets: where the files are and how the operator wants them served."""
+
+    path: Path
+    name: str
+    device: str
+    dtype: torch.dtype
+    settings: Settings
 
 
-def sa3_limits(known: KnownModel, max_duration_cap: float | None = None) -> ModelLimits:
-    """Request limits of an SA3 model: its own step count and guidance off by default, durations up to
-    the checkpoint's maximum, or the operator's cap (STABLE_AUDIO_MAX_DURATION) when that is lower."""
-    maximum = known.max_duration if max_duration_cap is None else min(known.max_duration, max_duration_cap)
-    maximum = max(1.0, maximum)
-    return ModelLimits(
-        duration=Bound(min(10.0, maximum), 1.0, maximum),
-        guidance_scale=Bound(known.default_guidance, 1.0, 20.0),
-        num_inference_steps=Bound(known.default_steps, 1, 200),
+@dataclass(frozen=True)
+class Family:
+    """A way of computing audio, and how to recognise, size and load its checkpoints."""
+
+    name: str
+    title: str
+    layout: str  # what the directory holds, for error messages
+    detect: Callable[[Path], bool]
+    longest_clip: Callable[[Path, Settings], float]
+    weights_bytes: Callable[[Path, torch.dtype], int]
+    working_bytes: Callable[[Path, torch.dtype, float], int]
+    load: Callable[[LoadRequest], AudioModel]
+
+
+def _index_class(path: Path) -> str | None:
+    try:
+        index = json.loads((path / "model_index.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return index.get("_class_name") if isinstance(index, dict) else None
+
+
+# -- Stable Audio Open 1.0 (diffusers layout) ----------------------------------------------------
+
+
+def _open1_detect(path: Path) -> bool:
+    return _index_class(path) == "StableAudioPipeline"
+
+
+def _open1_longest(path: Path, settings: Settings) -> float:
+    from .open1 import OPEN1_LIMITS
+
+    return OPEN1_LIMITS.duration.maximum
+
+
+def _open1_weights(path: Path, dtype: torch.dtype) -> int:
+    from .loading import dtype_bytes, safetensors_parameters
+
+    return safetensors_parameters(path.glob("*/*.safetensors")) * dtype_bytes(dtype)
+
+
+def _open1_working(path: Path, dtype: torch.dtype, seconds: float) -> int:
+    """Dominated by the Oobleck decoder's last stage (samples x decoder channels, a few live tensors);
+    the factor 6 matches the measured fp32 peak of the real model (11.6 GiB RSS, 4.9 GiB weights)."""
+    import math
+
+    from .loading import dtype_bytes
+
+    vae = json.loads((path / "vae" / "config.json").read_text())
+    hop = math.prod(vae.get("downsampling_ratios", [2, 4, 4, 8, 8]))
+    samples = (math.ceil(seconds * vae.get("sampling_rate", 44100) / hop) + 16) * hop
+    return 6 * samples * vae.get("decoder_channels", 128) * dtype_bytes(dtype)
+
+
+def _open1_load(req: LoadRequest) -> AudioModel:
+    from .open1 import StableAudioOpenModel
+
+    return StableAudioOpenModel.from_pretrained(
+        str(req.path),
+        name=req.name,
+        device=req.device,
+        dtype=req.dtype,
+        window=req.settings.window,
+        text_cache_size=req.settings.text_cache_size,
     )
+
+
+# -- Stable Audio 3 (Stability's official single-checkpoint format) --------------------------------
+
+
+def _sa3_detect(path: Path) -> bool:
+    return (path / "model_config.json").is_file()
+
+
+def _sa3_longest(path: Path, settings: Settings) -> float:
+    from .stable_audio_3.family import longest_clip
+
+    cap = settings.max_duration
+    longest = longest_clip(path)
+    return longest if cap is None else min(longest, cap)
+
+
+def _sa3_weights(path: Path, dtype: torch.dtype) -> int:
+    from .loading import dtype_bytes, safetensors_parameters
+
+    return safetensors_parameters([path / "model.safetensors", *path.glob("*/model.safetensors")]) * dtype_bytes(dtype)
+
+
+def _sa3_working(path: Path, dtype: torch.dtype, seconds: float) -> int:
+    """SAME decodes in fixed 128-latent windows, so working memory does not grow with the square of the
+    clip; the DiT's activations grow linearly. 0.5 GiB + 64 KiB per latent matches the measured fp32
+    peak of SA3 small (3.9 GiB RSS at 10 s, 4.3 GiB at 30 s, weights 3.4 GiB)."""
+    import math
+
+    from .loading import dtype_bytes
+
+    latents = math.ceil((seconds + 6.0) * 44100 / 4096)
+    return GIB // 2 + latents * 16 * 1024 * dtype_bytes(dtype)
+
+
+def _sa3_load(req: LoadRequest) -> AudioModel:
+    from .stable_audio_3.family import StableAudio3Model
+
+    return StableAudio3Model.from_checkpoint(
+        req.path,
+        name=req.name,
+        device=req.device,
+        dtype=req.dtype,
+        text_cache_size=req.settings.text_cache_size,
+        max_duration=req.settings.max_duration,
+    )
+
+
+def _sa3_diffusers_load(req: LoadRequest) -> AudioModel:  # TRANSITIONAL: removed when the official family lands
+    from .base import Bound, ModelLimits
+    from .sa3 import StableAudio3Model as DiffusersSa3
+
+    cap = req.settings.max_duration or 120.0
+    limits = ModelLimits(Bound(min(10.0, cap), 1.0, min(120.0, cap)), Bound(1.0, 1.0, 20.0), Bound(8, 1, 200))
+    return DiffusersSa3.from_pretrained(
+        str(req.path),
+        name=req.name,
+        device=req.device,
+        dtype=req.dtype,
+        limits=limits,
+        text_cache_size=req.settings.text_cache_size,
+    )
+
+
+FAMILIES: dict[str, Family] = {
+    "open-1.0": Family(
+        name="open-1.0",
+        title="Stable Audio Open 1.0",
+        layout="a diffusers-layout directory (model_index.json naming StableAudioPipeline, plus transformer/, "
+        "vae/, text_encoder/, tokenizer/, projection_model/, scheduler/)",
+        detect=_open1_detect,
+        longest_clip=_open1_longest,
+        weights_bytes=_open1_weights,
+        working_bytes=_open1_working,
+        load=_open1_load,
+    ),
+    "sa3": Family(
+        name="sa3",
+        title="Stable Audio 3",
+        layout="Stability's official format (model_config.json, model.safetensors and the T5Gemma folder the "
+        "config names)",
+        detect=_sa3_detect,
+        longest_clip=_sa3_longest,
+        weights_bytes=_sa3_weights,
+        working_bytes=_sa3_working,
+        load=_sa3_load,
+    ),
+    "sa3-diffusers": Family(
+        name="sa3",
+        title="Stable Audio 3 (diffusers layout, transitional)",
+        layout="model_index.json naming StableAudio3Pipeline",
+        detect=lambda p: (_index_class(p) or "").startswith("StableAudio3"),
+        longest_clip=lambda p, s: min(120.0, s.max_duration or 120.0),
+        weights_bytes=lambda p, d: 0,
+        working_bytes=lambda p, d, x: 0,
+        load=_sa3_diffusers_load,
+    ),
+}
+
+
+def detect_family(path: Path) -> Family | None:
+    """The family whose files are in `path`, or None."""
+    for family in FAMILIES.values():
+        if family.detect(path):
+            return family
+    return None
+
+
+def layouts() -> str:
+    return "; or ".join(f"{f.title}: {f.layout}" for f in FAMILIES.values())

@@ -25,12 +25,29 @@ the full pass within float tolerance (checked in tests/test_sa3.py).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
 
-from .base import GenerationError, GenerationParams, GenerationState, ModelLimits, check_batch
-from .open1 import TextEmbeddingCache
+from .base import (
+    AudioModel,
+    Bound,
+    Capabilities,
+    GenerationError,
+    GenerationParams,
+    GenerationState,
+    ModelLimits,
+    TextEmbeddingCache,
+    check_batch,
+)
+
+
+@dataclass
+class _State(GenerationState):
+    extra: dict[str, Any] = field(default_factory=dict)
+
 
 LOGSNR_MIN = -6.2
 LOGSNR_MAX = 2.0
@@ -104,8 +121,9 @@ def region_frames(regions, sample_rate: int, hop: int, length: int) -> list[tupl
     return out
 
 
-class StableAudio3Model:
+class StableAudio3Model(AudioModel):
     family = "sa3"
+    capabilities = Capabilities(audio_to_audio=True, init_noise_level=Bound(0.6, 0.0, 1.0), inpainting=True)
 
     def __init__(
         self,
@@ -131,7 +149,6 @@ class StableAudio3Model:
         self.decode_chunk = decode_chunk
         self.halo = same_halo(pipe.vae)
         self.text_cache = TextEmbeddingCache(text_cache_size)
-        self.window_mode = None
 
     # -- loading -------------------------------------------------------------------
     @classmethod
@@ -150,6 +167,9 @@ class StableAudio3Model:
     # -- helpers -------------------------------------------------------------------
     def latent_length(self, duration: float) -> int:
         return int(math.ceil(duration * self.sample_rate / self.hop))
+
+    def upload_samples(self, duration: float) -> int:
+        return (self.latent_length(duration) + self.halo) * self.hop
 
     def batch_key(self, params: GenerationParams) -> tuple:
         mode = "inpaint" if params.inpaint_audio is not None else "gen"
@@ -231,7 +251,7 @@ class StableAudio3Model:
         latents = noise if reference is None else (1.0 - sigma_max) * reference + sigma_max * noise
         scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config)
         scheduler.set_timesteps(sigmas=logsnr_sigmas(params.num_inference_steps, sigma_max), device=self.device)
-        return GenerationState(
+        return _State(
             params=params,
             batch_key=self.batch_key(params),
             total_steps=len(scheduler.timesteps),

@@ -1,0 +1,206 @@
+"""The one request path: a request (from HTTP, the CLI or any other ingress) becomes
+`GenerationParams` here, with the loaded model's defaults, limits and capabilities applied and
+uploaded audio decoded. Every refusal is a `RequestError` naming the field; the HTTP layer maps it
+to one 422 shape, the CLI to one message.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from . import audio as audio_io
+from .models.base import AudioModel, Bound, GenerationParams, LoraRef
+
+if TYPE_CHECKING:
+    from .api.schemas import StableAudioRequest
+    from .config import Settings
+
+# Strength of audio-to-audio when the request names none (noise level mixed into the source's latents).
+DEFAULT_INIT_NOISE_LEVEL = 0.6
+
+
+class RequestError(ValueError):
+    """A client's request cannot be served as given; `loc` names the field (a path into the body)."""
+
+    def __init__(self, field: str | Sequence[str | int], message: str, where: str = "body") -> None:
+        super().__init__(message)
+        self.loc: tuple[str | int, ...] = (field,) if isinstance(field, str) else tuple(field)
+        self.message = message
+        self.where = where  # "body" or "query"
+
+    def detail(self) -> list[dict[str, Any]]:
+        """FastAPI's validation-error shape, so clients parse one format for every 422."""
+        return [{"loc": [self.where, *self.loc], "msg": self.message, "type": "value_error"}]
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """A request ready for the engine: the parameters and what the response needs besides them."""
+
+    params: GenerationParams
+    format: str
+    client_job_id: str | None
+
+
+def _within(field: str, value: float, bound: Bound, model: AudioModel, kind: type = float) -> None:
+    if not bound.minimum <= value <= bound.maximum:
+        raise RequestError(
+            field, f"must be between {kind(bound.minimum):g} and {kind(bound.maximum):g} for model {model.name}"
+        )
+
+
+def client_job_id(body_value: str | None, query_value: str | None) -> str | None:
+    """`client_job_id` may come in the query (the design note) or in the body; if both, they must agree."""
+    if query_value is not None and body_value is not None and query_value != body_value:
+        raise RequestError("client_job_id", "differs from body.client_job_id", where="query")
+    return query_value if query_value is not None else body_value
+
+
+def check_request(req: StableAudioRequest, model: AudioModel, settings: Settings) -> dict[str, Any]:
+    """Cheap checks and defaults (no decoding): the scalar fields of `GenerationParams`."""
+    for name in ("prompt", "negative_prompt"):
+        text = getattr(req, name)
+        if text is not None and len(text) > settings.max_prompt_chars:
+            raise RequestError(name, f"at most {settings.max_prompt_chars} characters (this one has {len(text)})")
+    limits, caps = model.limits, model.capabilities
+    duration = float(limits.duration.default if req.duration is None else req.duration)
+    guidance = float(limits.guidance_scale.default if req.guidance_scale is None else req.guidance_scale)
+    steps = int(limits.num_inference_steps.default if req.num_inference_steps is None else req.num_inference_steps)
+    _within("duration", duration, limits.duration, model)
+    _within("guidance_scale", guidance, limits.guidance_scale, model)
+    _within("num_inference_steps", steps, limits.num_inference_steps, model, int)
+
+    apg = req.apg_scale
+    if apg is not None:
+        if caps.apg_scale is None:
+            raise RequestError("apg_scale", f"not supported by {model.family} models (plain guidance only)")
+        _within("apg_scale", apg, caps.apg_scale, model)
+    elif caps.apg_scale is not None:
+        apg = float(caps.apg_scale.default)
+
+    if req.init_audio_b64 is not None and req.inpaint_audio_b64 is not None:
+        raise RequestError("inpaint_audio_b64", "give init_audio_b64 (audio-to-audio) or inpaint_audio_b64, not both")
+    if req.init_audio_b64 is not None and not caps.audio_to_audio:
+        raise RequestError("init_audio_b64", f"audio-to-audio is not supported by {model.family} models")
+    level = req.init_noise_level
+    if level is not None:
+        if req.init_audio_b64 is None:
+            raise RequestError("init_noise_level", "init_noise_level needs init_audio_b64")
+        if caps.init_noise_level is None:
+            why = "; ".join(caps.notes) or "this model has no strength control"
+            raise RequestError("init_noise_level", f"not supported by {model.family} models: {why}; leave it out")
+        _within("init_noise_level", level, caps.init_noise_level, model)
+    elif req.init_audio_b64 is not None and caps.init_noise_level is not None:
+        level = float(caps.init_noise_level.default)
+    if req.inpaint_regions is not None and req.inpaint_audio_b64 is None:
+        raise RequestError("inpaint_regions", "inpaint_regions needs inpaint_audio_b64")
+    if req.inpaint_audio_b64 is not None and not caps.inpainting:
+        raise RequestError("inpaint_audio_b64", f"inpainting is not supported by {model.family} models")
+    for i, region in enumerate(req.inpaint_regions or []):
+        if region.start_s >= duration:
+            raise RequestError(
+                ["inpaint_regions", i, "start_s"], f"starts at or after the end of the output ({duration:g} s)"
+            )
+
+    loras: tuple[LoraRef, ...] = tuple(LoraRef(x.name, x.strength) for x in (req.loras or []))
+    if loras and not caps.loras:
+        raise RequestError("loras", f"adapters are not supported by {model.family} models")
+    return {
+        "prompt": req.prompt,
+        "duration": duration,
+        "guidance_scale": guidance,
+        "num_inference_steps": steps,
+        "seed": req.seed,
+        "negative_prompt": req.negative_prompt,
+        "init_noise_level": level,
+        "apg_scale": apg,
+        "loras": loras,
+    }
+
+
+def has_uploads(req: StableAudioRequest) -> bool:
+    """Uploads take a while to decode: callers on an event loop run `resolve` in a thread then."""
+    return req.init_audio_b64 is not None or req.inpaint_audio_b64 is not None
+
+
+def decode_upload(field: str, value: str, model: AudioModel, duration: float, settings: Settings):
+    """Base64 -> float32 (channels, samples) at the model's rate, decoding only what the clip can use."""
+    try:
+        data = base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise RequestError(field, "not valid base64") from None
+    usable = model.upload_samples(duration)
+    try:
+        audio, _info = audio_io.decode_upload(
+            data,
+            model.sample_rate,
+            model.channels,
+            max_bytes=settings.max_upload_bytes,
+            max_seconds=settings.max_upload_seconds,
+        )
+    except audio_io.UploadError as exc:
+        raise RequestError(field, str(exc)) from None
+    if audio.shape[-1] > usable:
+        audio = audio[:, :usable].copy()
+    return audio
+
+
+def resolve(
+    req: StableAudioRequest, model: AudioModel, settings: Settings, query_client_job_id: str | None = None
+) -> Resolved:
+    """The whole request path: defaults, limits, capabilities, uploads. Raises `RequestError`."""
+    job_id = client_job_id(req.client_job_id, query_client_job_id)
+    fields = check_request(req, model, settings)
+    if req.init_audio_b64 is not None:
+        fields["init_audio"] = decode_upload("init_audio_b64", req.init_audio_b64, model, fields["duration"], settings)
+    elif req.inpaint_audio_b64 is not None:
+        source = decode_upload("inpaint_audio_b64", req.inpaint_audio_b64, model, fields["duration"], settings)
+        regions = [(r.start_s, min(r.end_s, fields["duration"])) for r in req.inpaint_regions or []]
+        if not regions and source.shape[-1] >= int(fields["duration"] * model.sample_rate):
+            raise RequestError(
+                "inpaint_regions",
+                "nothing to generate: give regions to regenerate, or a duration longer than the source (continuation)",
+            )
+        fields["inpaint_audio"] = source
+        fields["inpaint_regions"] = regions
+    return Resolved(params=GenerationParams(**fields), format=req.format, client_job_id=job_id)
+
+
+def request_fields(model: AudioModel, settings: Settings) -> dict[str, Any]:
+    """Defaults and bounds of every request field for this model: `GET /models` and the OpenAPI schema."""
+    limits, caps = model.limits, model.capabilities
+    return {
+        "duration": limits.duration.as_dict(float),
+        "guidance_scale": limits.guidance_scale.as_dict(float),
+        "num_inference_steps": limits.num_inference_steps.as_dict(int),
+        "apg_scale": caps.apg_scale.as_dict(float) if caps.apg_scale else None,
+        "init_noise_level": caps.init_noise_level.as_dict(float) if caps.init_noise_level else None,
+        "seed": {"default": None, "minimum": 0, "maximum": 2**32 - 1},
+        "format": {"default": "wav", "choices": list(audio_io.FORMATS)},
+        "prompt": {"max_length": settings.max_prompt_chars},
+    }
+
+
+def capabilities(model: AudioModel, settings: Settings) -> dict[str, Any]:
+    """What the loaded model can do, for clients and the playground (`GET /models` `capabilities`)."""
+    caps = model.capabilities
+    return {
+        "audio_to_audio": caps.audio_to_audio,
+        "init_noise_level": caps.init_noise_level.as_dict(float) if caps.init_noise_level else None,
+        "inpainting": caps.inpainting,
+        "continuation": caps.inpainting,
+        "apg_scale": caps.apg_scale.as_dict(float) if caps.apg_scale else None,
+        "loras": caps.loras,
+        "negative_prompt": True,
+        "max_duration": model.limits.duration.maximum,
+        "notes": list(caps.notes),
+        "uploads": {
+            "max_bytes": settings.max_upload_bytes,
+            "max_seconds": settings.max_upload_seconds,
+            "formats": list(audio_io.FORMATS),
+        },
+    }
