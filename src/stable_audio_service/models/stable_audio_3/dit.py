@@ -1,0 +1,337 @@
+"""The Stable Audio 3 diffusion transformer, in Stability's module names.
+
+Why our own module and not diffusers' `StableAudio3DiTModel`: diffusers' transformer is numerically the
+official DiT only once its block RMSNorm eps is changed to 1e-5, it has no padding mask (the official CPU
+path multiplies the *value* rows of padded latent frames by zero in self-attention while the padded keys stay
+in the softmax), and its weights need a key converter from `model.model.*`. Reusing it would mean a converter,
+an attention processor and an eps patch, three places to drift from the official code. This module instead
+mirrors `stable_audio_3/models/{dit,transformer}.py` operation for operation (same order of float ops, same
+views), so the checkpoint's `model.model.*` tensors load as they are and the fixtures reproduce bit for bit;
+and a LoRA adapter written against Stability's names (`model.transformer.layers.0.self_attn.to_qkv`) maps
+onto these modules one to one.
+
+The forward takes one timestep, context, global and local conditioning and padding mask *per row*, so one call
+serves a batch of unrelated requests (each with its own guidance rows). Guidance is not in here: see
+`sampling.guided_velocity`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import DiTConfig
+
+
+def expo_fourier_features(t: torch.Tensor, dim: int, min_freq: float = 0.5, max_freq: float = 10000.0) -> torch.Tensor:
+    """Stability's `ExpoFourierFeatures`: cos/sin of t at log-spaced frequencies, computed in float32."""
+    in_dtype = t.dtype
+    t = t.float()
+    if t.dim() == 1:
+        t = t.unsqueeze(-1)
+    ramp = torch.linspace(0, 1, dim // 2, device=t.device, dtype=torch.float32)
+    log_min, log_max = math.log(min_freq), math.log(max_freq)
+    freqs = torch.exp(ramp * (log_max - log_min) + log_min)
+    args = t * freqs * 2 * math.pi
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1).to(in_dtype)
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float, force_fp32: bool = False) -> None:
+        super().__init__()
+        self.gamma = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+        self.force_fp32 = force_fp32
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.force_fp32:
+            return F.rms_norm(x.float(), x.shape[-1:], weight=self.gamma.float(), eps=self.eps).to(x.dtype)
+        return F.rms_norm(x, x.shape[-1:], weight=self.gamma, eps=self.eps)
+
+
+class RotaryEmbedding(nn.Module):
+    """Frequencies of the partial rotary embedding (the first `dim` channels of each head)."""
+
+    def __init__(self, dim: int, base: float = 10000.0) -> None:
+        super().__init__()
+        # persistent: the official checkpoint stores it (`...rotary_pos_emb.inv_freq`)
+        self.register_buffer("inv_freq", 1.0 / (base ** (torch.arange(0, dim, 2).float() / dim)))
+
+    def forward(self, seq_len: int) -> torch.Tensor:
+        t = torch.arange(seq_len, device=self.inv_freq.device).to(torch.float32)
+        freqs = torch.einsum("i , j -> i j", t, self.inv_freq)
+        return torch.cat((freqs, freqs), dim=-1)
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.unflatten(-1, (2, -1)).unbind(dim=-2)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def apply_rotary(t: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
+    out_dtype = t.dtype
+    rot_dim, seq_len = freqs.shape[-1], t.shape[-2]
+    freqs, t = freqs.float(), t.float()
+    freqs = freqs[-seq_len:, :]
+    t, t_pass = t[..., :rot_dim], t[..., rot_dim:]
+    t = (t * freqs.cos()) + (_rotate_half(t) * freqs.sin())
+    return torch.cat((t.to(out_dtype), t_pass.to(out_dtype)), dim=-1)
+
+
+def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:
+    """(b, n, h*d) -> (b, h, n, d), as a view (einops' `b n (h d) -> b h n d`)."""
+    b, n, _ = x.shape
+    return x.view(b, n, heads, -1).transpose(1, 2)
+
+
+class Attention(nn.Module):
+    """Self-attention (`to_qkv`) or cross-attention (`to_q`, `to_kv`); differential attention subtracts a
+    second softmax map computed from `q_diff`/`k_diff` over the same values."""
+
+    def __init__(
+        self,
+        dim: int,
+        dim_heads: int,
+        dim_context: int | None = None,
+        differential: bool = False,
+        qk_norm: str = "none",
+        qk_norm_eps: float = 1e-6,
+    ) -> None:
+        super().__init__()
+        self.differential = differential
+        self.num_heads = dim // dim_heads
+        dim_kv = dim_context if dim_context is not None else dim
+        self.kv_heads = dim_kv // dim_heads
+        self.cross = dim_context is not None
+        if self.cross:
+            self.to_q = nn.Linear(dim, dim * (2 if differential else 1), bias=False)
+            self.to_kv = nn.Linear(dim_kv, dim_kv * (3 if differential else 2), bias=False)
+        else:
+            self.to_qkv = nn.Linear(dim, dim * (5 if differential else 3), bias=False)
+        self.to_out = nn.Linear(dim, dim, bias=False)
+        self.qk_norm = qk_norm
+        if qk_norm == "rms":
+            self.q_norm = RMSNorm(dim_heads, eps=qk_norm_eps)
+            self.k_norm = RMSNorm(dim_heads, eps=qk_norm_eps)
+
+    def _attend(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, value_mask: torch.Tensor | None
+    ) -> torch.Tensor:
+        if self.num_heads != self.kv_heads:
+            repeat = self.num_heads // self.kv_heads
+            k, v = k.repeat_interleave(repeat, dim=1), v.repeat_interleave(repeat, dim=1)
+        if value_mask is not None:
+            # The official non-flash path: padded frames contribute nothing, their keys stay in the softmax.
+            v = v * value_mask.unsqueeze(1).unsqueeze(-1).to(v.dtype)
+        return F.scaled_dot_product_attention(q, k, v, is_causal=False)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        context: torch.Tensor | None = None,
+        rotary: torch.Tensor | None = None,
+        value_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        h, kv_h = self.num_heads, self.kv_heads
+        if self.cross:
+            assert context is not None
+            if self.differential:
+                q, q_diff = self.to_q(x).chunk(2, dim=-1)
+                q = torch.stack([_heads(q, h), _heads(q_diff, h)], dim=1)
+                k, k_diff, v = self.to_kv(context).chunk(3, dim=-1)
+                k = torch.stack([_heads(k, kv_h), _heads(k_diff, kv_h)], dim=1)
+                v = _heads(v, kv_h)
+            else:
+                q = _heads(self.to_q(x), h)
+                k, v = self.to_kv(context).chunk(2, dim=-1)
+                k, v = _heads(k, kv_h), _heads(v, kv_h)
+        elif self.differential:
+            q, k, v, q_diff, k_diff = (_heads(p, h) for p in self.to_qkv(x).chunk(5, dim=-1))
+            q = torch.stack([q, q_diff], dim=1)
+            k = torch.stack([k, k_diff], dim=1)
+        else:
+            q, k, v = (_heads(p, h) for p in self.to_qkv(x).chunk(3, dim=-1))
+        if self.qk_norm == "rms":
+            q = self.q_norm(q).to(q.dtype)
+            k = self.k_norm(k).to(k.dtype)
+        if rotary is not None:
+            freqs = rotary.float()
+            # Stability's code scales the key frequencies by len(q) / len(k), which is 1 in self-attention.
+            q = apply_rotary(q.float(), freqs).to(v.dtype)
+            k = apply_rotary(k.float(), 1.0 * freqs).to(v.dtype)
+        if self.differential:
+            q, q_diff = q.unbind(dim=1)
+            k, k_diff = k.unbind(dim=1)
+            out = self._attend(q, k, v, value_mask) - self._attend(q_diff, k_diff, v, value_mask)
+        else:
+            out = self._attend(q, k, v, value_mask)
+        b, _, n, _ = out.shape
+        return self.to_out(out.transpose(1, 2).reshape(b, n, -1))
+
+
+class GLU(nn.Module):
+    def __init__(self, dim_in: int, dim_out: int) -> None:
+        super().__init__()
+        self.proj = nn.Linear(dim_in, dim_out * 2)
+        self.act = nn.SiLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x, gate = self.proj(x).chunk(2, dim=-1)
+        return x * self.act(gate)
+
+
+class FeedForward(nn.Module):
+    """SwiGLU; `ff.ff.0` / `ff.ff.2` as in the checkpoint (index 1 is Stability's no-op rearrange)."""
+
+    def __init__(self, dim: int, mult: float) -> None:
+        super().__init__()
+        inner = int(dim * mult)
+        self.ff = nn.Sequential(GLU(dim, inner), nn.Identity(), nn.Linear(inner, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.ff(x)
+
+
+class TransformerBlock(nn.Module):
+    """adaLN block: self-attention (RoPE, padding mask), cross-attention, the local (inpainting) term, SwiGLU."""
+
+    def __init__(self, cfg: DiTConfig) -> None:
+        super().__init__()
+        dim = cfg.embed_dim
+        heads = min(cfg.dim_heads, dim)
+        attn = {"differential": cfg.differential, "qk_norm": cfg.qk_norm, "qk_norm_eps": cfg.qk_norm_eps}
+        self.pre_norm = RMSNorm(dim, cfg.norm_eps, cfg.norm_force_fp32)
+        self.self_attn = Attention(dim, heads, **attn)
+        self.cross_attend_norm = RMSNorm(dim, cfg.norm_eps, cfg.norm_force_fp32)
+        context_dim = dim if cfg.project_cond_tokens else cfg.cond_token_dim
+        self.cross_attn = Attention(dim, heads, dim_context=context_dim, **attn)
+        self.ff_norm = RMSNorm(dim, cfg.norm_eps, cfg.norm_force_fp32)
+        self.ff = FeedForward(dim, cfg.ff_mult)
+        self.to_scale_shift_gate = nn.Parameter(torch.zeros(6 * dim))
+        self.to_local_embed = (
+            nn.Sequential(nn.Linear(cfg.local_add_cond_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
+            if cfg.local_add_cond_dim
+            else None
+        )
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        context: torch.Tensor,
+        global_cond: torch.Tensor,
+        rotary: torch.Tensor,
+        value_mask: torch.Tensor | None,
+        local_add_cond: torch.Tensor | None,
+    ) -> torch.Tensor:
+        scale_self, shift_self, gate_self, scale_ff, shift_ff, gate_ff = (
+            (self.to_scale_shift_gate + global_cond).unsqueeze(1).chunk(6, dim=-1)
+        )
+        residual = x
+        x = self.pre_norm(x)
+        x = x * (1 + scale_self) + shift_self
+        x = self.self_attn(x, rotary=rotary, value_mask=value_mask)
+        x = x * torch.sigmoid(1 - gate_self)
+        x = x + residual
+        x = x + self.cross_attn(self.cross_attend_norm(x), context=context)
+        if local_add_cond is not None and self.to_local_embed is not None:
+            local = self.to_local_embed(local_add_cond)
+            # zeros on the memory tokens in front (Stability's `_left_pad_to_match`)
+            x = x + F.pad(local, (0, 0, x.shape[-2] - local.shape[-2], 0), value=0.0)
+        residual = x
+        x = self.ff_norm(x)
+        x = x * (1 + scale_ff) + shift_ff
+        x = self.ff(x)
+        x = x * torch.sigmoid(1 - gate_ff)
+        return x + residual
+
+
+class ContinuousTransformer(nn.Module):
+    def __init__(self, cfg: DiTConfig) -> None:
+        super().__init__()
+        dim = cfg.embed_dim
+        self.project_in = nn.Linear(cfg.io_channels, dim, bias=False)
+        self.project_out = nn.Linear(dim, cfg.io_channels, bias=False)
+        self.rotary_pos_emb = RotaryEmbedding(max(cfg.dim_heads // 2, 32))
+        self.num_memory_tokens = cfg.num_memory_tokens
+        if cfg.num_memory_tokens:
+            self.memory_tokens = nn.Parameter(torch.zeros(cfg.num_memory_tokens, dim))
+        self.global_cond_embedder = nn.Sequential(nn.Linear(dim, dim), nn.SiLU(), nn.Linear(dim, dim * 6))
+        self.layers = nn.ModuleList([TransformerBlock(cfg) for _ in range(cfg.depth)])
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        context: torch.Tensor,
+        global_cond: torch.Tensor,
+        local_add_cond: torch.Tensor | None,
+        padding_mask: torch.Tensor | None,
+    ) -> torch.Tensor:
+        batch = x.shape[0]
+        x = self.project_in(x)
+        if self.num_memory_tokens:
+            x = torch.cat((self.memory_tokens.expand(batch, -1, -1), x), dim=1)
+        rotary = self.rotary_pos_emb(x.shape[1])
+        global_cond = self.global_cond_embedder(global_cond)
+        value_mask = None
+        if padding_mask is not None:
+            memory_valid = torch.ones(batch, self.num_memory_tokens, device=x.device, dtype=torch.bool)
+            value_mask = torch.cat([memory_valid, padding_mask], dim=-1)
+        for layer in self.layers:
+            x = layer(x, context, global_cond, rotary, value_mask, local_add_cond)
+        return self.project_out(x[:, self.num_memory_tokens :, :])
+
+
+class DiffusionTransformer(nn.Module):
+    """`model.model` of the official checkpoint: velocity of rows (B, C, L) at per-row timesteps t (B,)."""
+
+    def __init__(self, cfg: DiTConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        dim = cfg.embed_dim
+        self.to_timestep_embed = nn.Sequential(
+            nn.Linear(cfg.timestep_features_dim, dim), nn.SiLU(), nn.Linear(dim, dim)
+        )
+        cond_dim = dim if cfg.project_cond_tokens else cfg.cond_token_dim
+        self.to_cond_embed = nn.Sequential(
+            nn.Linear(cfg.cond_token_dim, cond_dim, bias=False), nn.SiLU(), nn.Linear(cond_dim, cond_dim, bias=False)
+        )
+        self.to_global_embed = nn.Sequential(
+            nn.Linear(cfg.global_cond_dim, dim, bias=False), nn.SiLU(), nn.Linear(dim, dim, bias=False)
+        )
+        self.transformer = ContinuousTransformer(cfg)
+        self.preprocess_conv = nn.Conv1d(cfg.io_channels, cfg.io_channels, 1, bias=False)
+        self.postprocess_conv = nn.Conv1d(cfg.io_channels, cfg.io_channels, 1, bias=False)
+
+    @staticmethod
+    def _logsnr_cond(t: torch.Tensor) -> torch.Tensor:
+        """`timestep_features_logsnr`: t -> log-SNR clamped to [-12, 5], normalised to [0, 1]."""
+        tc = t.float().clamp(1e-7, 1 - 1e-7)
+        logsnr = torch.log((1 - tc) / tc).clamp(-12.0, 5.0)
+        return ((5.0 - logsnr) / 17.0).to(t.dtype)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        context: torch.Tensor,
+        global_cond: torch.Tensor,
+        local_add_cond: torch.Tensor | None = None,
+        padding_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        dtype = self.preprocess_conv.weight.dtype
+        x = x.to(dtype)
+        t = t.float()  # the official code keeps t in float32 whatever the weights' dtype
+        context = self.to_cond_embed(context.to(dtype))
+        global_embed = self.to_global_embed(global_cond.to(dtype))
+        if local_add_cond is not None:
+            local_add_cond = local_add_cond.to(dtype).transpose(1, 2)
+        t_cond = (self._logsnr_cond(t) if self.cfg.timestep_features_logsnr else t).to(dtype)
+        features = expo_fourier_features(t_cond[:, None], self.cfg.timestep_features_dim)
+        global_embed = global_embed + self.to_timestep_embed(features)
+        x = self.preprocess_conv(x) + x
+        out = self.transformer(x.transpose(1, 2), context, global_embed, local_add_cond, padding_mask)
+        out = out.transpose(1, 2)
+        return self.postprocess_conv(out) + out

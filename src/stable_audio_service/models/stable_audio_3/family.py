@@ -1,0 +1,450 @@
+"""Stable Audio 3 as the engine sees it: official checkpoint in, Stability's `generate()` out, one step at a time.
+
+`start` does what `StableAudioModel.generate` does before its sampler loop, in the same order for the random
+stream (the initial noise is the request generator's first draw, before any conditioning); `step` runs one
+ping-pong step for a whole batch of requests in one DiT forward (guided requests add their unconditional row
+next to their conditional one, as the official batch-2 CFG forward does); `finish` decodes with the
+autoencoder's decode-time draws from the same generator, zeroes the padded frames, clamps and cuts to the
+duration. Each request keeps its own `torch.Generator("cpu")`, so its draws do not depend on its batch.
+
+Limits, and where they come from (Stability-AI/stable-audio-3 @ 636f906):
+
+* duration: from `MIN_DURATION_S` up to `sample_size // sample_rate` of the checkpoint's config (small 120 s,
+  medium 380 s: the cap of Stability's Gradio interface; `generate()` clamps the window to `sample_size`, so
+  above `sample_size/sr - 6` the 6 s padding shrinks), or the operator's `max_duration` when lower. The official
+  code accepts any positive duration; below one latent frame (4096 samples, 0.093 s) every duration gives the
+  same latent length, so 0.1 s, about one frame, is the floor: short enough for a sound effect.
+* steps: 8 by default (`generate(steps=8)`), 50 for `-base` checkpoints ("use something like 50",
+  docs/workflows/inference.md); 1-200.
+* guidance: 1 (off) by default for the post-trained models (`cfg_scale=1.0`); 7 for `-base` ("try 7.0 for base
+  models", the CLI's --cfg-scale help); 1-20.
+* apg_scale: 1 by default (`generate(apg_scale=1.0)`), 0 (vanilla CFG) to 1.
+* init_noise_level: 0.9 by default (the CLI's `--init-noise-level`), 0.01-1 (0 would divide by a zero sigma).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Hashable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..base import (
+    AudioModel,
+    Bound,
+    Capabilities,
+    GenerationError,
+    GenerationParams,
+    GenerationState,
+    ModelLimits,
+    check_batch,
+    to_audio,
+)
+from ..loading import ModelLoadError
+from . import sampling
+from .checkpoint import CheckpointFiles, count_parameters, load_tensors, resolve_checkpoint
+from .conditioning import DurationConditioner, TextConditioner
+from .config import DEFAULT_DURATION_PADDING_S, SA3Config
+from .dit import DiffusionTransformer
+
+MIN_DURATION_S = 0.1
+DEFAULT_DURATION_S = 10.0
+MAX_STEPS = 200
+MAX_GUIDANCE = 20.0
+GIB = 1024**3
+DTYPE_BYTES = {torch.float32: 4, torch.float16: 2, torch.bfloat16: 2}
+
+
+def is_base_checkpoint(name: str) -> bool:
+    """Stability's pre-trained (not post-trained) checkpoints end in `-base`."""
+    return name.rstrip("/").rsplit("/", 1)[-1].lower().endswith("-base")
+
+
+def sa3_limits(config: SA3Config, name: str, max_duration: float | None = None) -> ModelLimits:
+    """Request limits of a checkpoint (see the module docstring for the source of each number)."""
+    longest = config.longest_clip_s if max_duration is None else min(config.longest_clip_s, max_duration)
+    longest = max(MIN_DURATION_S, longest)
+    base = is_base_checkpoint(name)
+    return ModelLimits(
+        duration=Bound(min(DEFAULT_DURATION_S, longest), MIN_DURATION_S, longest),
+        guidance_scale=Bound(7.0 if base else 1.0, 1.0, MAX_GUIDANCE),
+        num_inference_steps=Bound(50 if base else 8, 1, MAX_STEPS),
+    )
+
+
+def sa3_capabilities(config: SA3Config) -> Capabilities:
+    return Capabilities(
+        audio_to_audio=True,
+        init_noise_level=Bound(0.9, 0.01, 1.0),
+        inpainting=bool(config.local_add_ids),
+        apg_scale=Bound(1.0, 0.0, 1.0),
+        loras=False,
+    )
+
+
+def memory_estimate(path: Path, dtype: torch.dtype, max_seconds: float) -> tuple[int, int]:
+    """(weights, working) bytes for serving `path` at `dtype` with clips up to `max_seconds`.
+
+    Weights: DiT, autoencoder and conditioners at `dtype`, T5Gemma in float32 (it always runs in float32).
+    Working: the DiT's activations grow linearly with the window (no attention matrix is materialised; about 32
+    live tensors of tokens x width per row, two rows under guidance), the decoded window and its float32 copy,
+    plus 0.5 GiB of allocator slack and windowed-decode buffers (the decode itself is windowed, 128 latents).
+    """
+    files = resolve_checkpoint(path)
+    config = _config_of(files)
+    size = DTYPE_BYTES.get(dtype, 4)
+    parts = count_parameters(path)
+    weights = (parts["dit"] + parts["autoencoder"] + parts["conditioners"]) * size + parts["text_encoder"] * 4
+    win = sampling.window(
+        max_seconds,
+        sample_rate=config.sample_rate,
+        hop=config.hop,
+        latent_align=config.latent_align,
+        sample_size=config.sample_size,
+        padding_s=DEFAULT_DURATION_PADDING_S,
+    )
+    tokens = win.latent_length + config.dit.num_memory_tokens
+    dit_working = 2 * tokens * config.dit.embed_dim * size * 32
+    audio_working = win.audio_samples * config.channels * (size + 4) * 2
+    return weights, GIB // 2 + dit_working + audio_working
+
+
+def _config_of(files: CheckpointFiles) -> SA3Config:
+    from .checkpoint import read_config
+
+    return read_config(files.config_path)
+
+
+@dataclass(kw_only=True)
+class SA3State(GenerationState):
+    """One request between steps. Tensors are float32 rows of batch 1 on the model's device."""
+
+    window: sampling.Window
+    generator: torch.Generator
+    x: torch.Tensor  # (1, C, L): the sampler's current latents
+    sigmas: torch.Tensor  # (1, steps+1)
+    context: torch.Tensor  # (1, 257, cond): prompt rows + duration token
+    uncond_context: torch.Tensor | None  # None: no guidance (cfg 1)
+    global_cond: torch.Tensor  # (1, cond)
+    local_cond: torch.Tensor | None  # (1, C+1, L): inpainting mask + masked latents (zeros when not inpainting)
+    padding_mask: torch.Tensor  # (1, L) bool
+    cfg_scale: float
+    apg_scale: float
+    inpaint_keep: np.ndarray | None = None  # per output sample: True where the source is returned as is
+    denoised: torch.Tensor | None = None  # the last step's prediction (the final latents after the last step)
+    noise: torch.Tensor | None = None  # the last step's re-noising draw
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+class StableAudio3Model(AudioModel[SA3State]):
+    family = "sa3"
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        config: SA3Config,
+        dit: DiffusionTransformer,
+        autoencoder: Any,
+        text: TextConditioner,
+        duration: DurationConditioner,
+        device: str,
+        dtype: torch.dtype,
+        max_duration: float | None = None,
+        files: CheckpointFiles | None = None,
+    ) -> None:
+        self.name = name
+        self.config = config
+        self.dit = dit
+        self.autoencoder = autoencoder
+        self.text = text
+        self.duration_cond = duration
+        self.device = device
+        self.torch_dtype = dtype
+        self.dtype = str(dtype).removeprefix("torch.")
+        self.sample_rate = config.sample_rate
+        self.channels = config.channels
+        self.files = files
+        self.padding_s = DEFAULT_DURATION_PADDING_S
+        self.shift = sampling.make_shift(config.sampling_shift)
+        self.limits = sa3_limits(config, name, max_duration)
+        self.capabilities = sa3_capabilities(config)
+        # Return the source sample for sample outside the regenerated regions (the model's own output there is
+        # only a reconstruction of it); False returns exactly what Stability's generate() returns.
+        self.keep_inpaint_source = True
+
+    # -- loading -----------------------------------------------------------------------------------------
+    @classmethod
+    def from_checkpoint(
+        cls,
+        path: Path,
+        *,
+        name: str,
+        device: str,
+        dtype: torch.dtype,
+        text_cache_size: int = 256,
+        max_duration: float | None = None,
+    ) -> StableAudio3Model:
+        """Load an official-format checkpoint directory (or hub id, through the HF cache)."""
+        from .autoencoder import SameAutoencoder
+
+        files = resolve_checkpoint(path)
+        config = _config_of(files)
+        tensors = load_tensors(files.weights_path)
+        dit = DiffusionTransformer(config.dit)
+        prefix = "model.model."
+        _load_strict(dit, {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}, files, prefix)
+        try:
+            autoencoder = SameAutoencoder.from_config(config.raw)
+            autoencoder.load_official(tensors)
+        except (ValueError, NotImplementedError, KeyError) as exc:
+            raise ModelLoadError(f"{files.weights_path}: {exc}") from None
+        duration = DurationConditioner(config.duration, config.cond_dim)
+        text = TextConditioner(config.text, files.text_encoder, config.cond_dim, text_cache_size, device)
+        try:
+            duration.load(tensors, f"conditioner.conditioners.{config.duration_id}.")
+            text.load(tensors, f"conditioner.conditioners.{config.text_id}.")
+        except KeyError as exc:
+            raise ModelLoadError(f"{files.weights_path} has no tensor {exc.args[0]}") from None
+        del tensors
+        for module in (dit, autoencoder, duration, text):
+            module.eval().requires_grad_(False).to(device=device, dtype=dtype)
+        return cls(
+            name=name,
+            config=config,
+            dit=dit,
+            autoencoder=autoencoder,
+            text=text,
+            duration=duration,
+            device=device,
+            dtype=dtype,
+            max_duration=max_duration,
+            files=files,
+        )
+
+    # -- sizes ---------------------------------------------------------------------------------------------
+    def window(self, duration: float) -> sampling.Window:
+        return sampling.window(
+            duration,
+            sample_rate=self.sample_rate,
+            hop=self.config.hop,
+            latent_align=self.config.latent_align,
+            sample_size=self.config.sample_size,
+            padding_s=self.padding_s,
+        )
+
+    def batch_key(self, params: GenerationParams) -> Hashable:
+        """One forward pass serves requests of the same latent length at the same step of the same step count;
+        guidance, inpainting, audio-to-audio and schedules are per row."""
+        return (self.family, self.window(params.duration).latent_length, int(params.num_inference_steps))
+
+    def upload_samples(self, duration: float) -> int:
+        """Sources are zero-padded or cut to the request's whole window (Stability's `PadCrop`)."""
+        return self.window(duration).audio_samples
+
+    # -- the step-wise API ------------------------------------------------------------------------------
+    def _waveform(self, audio: np.ndarray, samples: int) -> torch.Tensor:
+        """(channels, n) float32 -> (1, C, samples): zero-padded or cut, mono repeated, extra channels dropped."""
+        wave = torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32))
+        if wave.dim() == 1:
+            wave = wave.unsqueeze(0)
+        out = wave.new_zeros(wave.shape[0], samples)
+        n = min(samples, wave.shape[-1])
+        out[:, :n] = wave[:, :n]
+        out = out.unsqueeze(0)
+        if self.channels == 1:
+            out = out.mean(1, keepdim=True)
+        elif out.shape[1] == 1:
+            out = out.repeat(1, self.channels, 1)
+        elif out.shape[1] > self.channels:
+            out = out[:, : self.channels, :]
+        return out.to(self.device)
+
+    @torch.no_grad()
+    def _encode_source(self, audio: np.ndarray, win: sampling.Window) -> torch.Tensor:
+        latents = self.autoencoder.encode(self._waveform(audio, win.audio_samples).to(self.torch_dtype))
+        return latents.float()
+
+    @torch.no_grad()
+    def _context(self, text: str, duration_token: torch.Tensor, *, negative: bool = False) -> torch.Tensor:
+        rows = self.text.padded(self.text.encode(text), negative=negative).to(self.device)
+        return torch.cat([rows, duration_token.unsqueeze(1)], dim=1)
+
+    @torch.no_grad()
+    def start(self, params: GenerationParams) -> SA3State:
+        duration = float(params.duration)
+        if not math.isfinite(duration) or duration <= 0 or duration > self.limits.duration.maximum + 1e-9:
+            raise GenerationError(f"duration {duration}s is outside 0-{self.limits.duration.maximum:g}s")
+        steps = int(params.num_inference_steps)
+        if steps < 1:
+            raise GenerationError("num_inference_steps must be at least 1")
+        win = self.window(duration)
+        generator = torch.Generator("cpu").manual_seed(int(params.seed))
+        latent_shape = (1, self.config.dit.io_channels, win.latent_length)
+        noise = sampling.draw(generator, latent_shape).to(self.device)  # the first draw, as in generate()
+
+        duration_token = self.duration_cond([duration]).float()  # (1, cond)
+        context = self._context(params.prompt, duration_token)
+        cfg_scale = float(params.guidance_scale)
+        uncond = None
+        if cfg_scale != 1.0:
+            if params.negative_prompt is not None:
+                uncond = self._context(params.negative_prompt, duration_token, negative=True)
+            else:
+                uncond = torch.zeros_like(context)  # null context: text rows and duration token
+        apg = self.capabilities.apg_scale
+        apg_scale = float(params.apg_scale if params.apg_scale is not None else (apg.default if apg else 1.0))
+
+        sigma_max = 1.0
+        x = noise
+        if params.init_audio is not None:
+            level = params.init_noise_level
+            sigma_max = float(level if level is not None else self.capabilities.init_noise_level.default)
+            init = self._encode_source(params.init_audio, win)
+            x = init * (1 - sigma_max) + noise * sigma_max
+
+        local = None
+        keep = None
+        if self.config.local_add_ids:
+            mask = torch.zeros(1, 1, win.latent_length, device=self.device)
+            masked = torch.zeros(latent_shape, device=self.device)
+            if params.inpaint_audio is not None:
+                source = params.inpaint_audio
+                regions = list(params.inpaint_regions or [])
+                mask = sampling.inpaint_latent_mask(
+                    win,
+                    regions,
+                    int(source.shape[-1]),
+                    sample_rate=self.sample_rate,
+                    duration=duration,
+                    device=self.device,
+                )
+                masked = self._encode_source(source, win) * mask
+                keep = kept_samples(win.output_samples, int(source.shape[-1]), regions, self.sample_rate)
+            local = torch.cat([mask, masked], dim=1)
+        elif params.inpaint_audio is not None:
+            raise GenerationError("this checkpoint has no inpainting conditioning")
+
+        sigmas = sampling.schedule(steps, sigma_max, self.shift, win.effective_length).to(self.device)
+        return SA3State(
+            params=params,
+            batch_key=self.batch_key(params),
+            total_steps=steps,
+            window=win,
+            generator=generator,
+            x=x,
+            sigmas=sigmas,
+            context=context,
+            uncond_context=uncond,
+            global_cond=duration_token,
+            local_cond=local,
+            padding_mask=sampling.padding_mask(win, self.device),
+            cfg_scale=cfg_scale,
+            apg_scale=apg_scale,
+            inpaint_keep=keep,
+        )
+
+    @torch.no_grad()
+    def step(self, states: list[SA3State]) -> None:
+        if not states:
+            return
+        check_batch(states)
+        xs, ts, contexts, globals_, locals_, masks = [], [], [], [], [], []
+        rows: list[tuple[int, int | None]] = []
+        for state in states:
+            t = state.sigmas[:, state.step]
+            cond_row = len(xs)
+            pairs = [state.context] + ([state.uncond_context] if state.uncond_context is not None else [])
+            for context in pairs:  # [cond, uncond], the official batch-2 CFG order
+                xs.append(state.x)
+                ts.append(t)
+                contexts.append(context)
+                globals_.append(state.global_cond)
+                locals_.append(state.local_cond)
+                masks.append(state.padding_mask)
+            rows.append((cond_row, cond_row + 1 if state.uncond_context is not None else None))
+        local = None if locals_[0] is None else torch.cat(locals_)
+        out = self.dit(
+            torch.cat(xs), torch.cat(ts), torch.cat(contexts), torch.cat(globals_), local, torch.cat(masks)
+        ).float()
+        for state, (c, u) in zip(states, rows, strict=True):
+            i = state.step
+            t_curr, t_next = state.sigmas[:, i], state.sigmas[:, i + 1]
+            velocity = out[c : c + 1]
+            if u is not None:
+                velocity = sampling.guided_velocity(
+                    state.x, t_curr, velocity, out[u : u + 1], state.cfg_scale, state.apg_scale, state.padding_mask
+                )
+            noise = sampling.draw(state.generator, tuple(state.x.shape)).to(state.x.device)
+            state.x, state.denoised = sampling.pingpong_step(state.x, velocity, t_curr, t_next, noise)
+            state.noise = noise
+            state.step += 1
+
+    @torch.no_grad()
+    def decode(self, state: SA3State) -> torch.Tensor:
+        """Stability's output before the float32 cast: decode (with its draws), padded frames zeroed."""
+        audio = self.autoencoder.decode(state.x.to(self.torch_dtype), state.generator)
+        hop = self.config.hop
+        frame_mask = state.padding_mask.unsqueeze(1).repeat_interleave(hop, dim=-1)
+        length = audio.shape[-1]
+        if frame_mask.shape[-1] >= length:
+            frame_mask = frame_mask[..., :length]
+        else:
+            frame_mask = torch.nn.functional.pad(frame_mask, (0, length - frame_mask.shape[-1]), value=False)
+        return audio * frame_mask.to(audio.dtype)
+
+    @torch.no_grad()
+    def finish(self, state: SA3State) -> np.ndarray:
+        audio = self.decode(state).to(torch.float32).clamp(-1, 1)[0, :, : state.window.output_samples]
+        params = state.params
+        result = to_audio(audio)
+        if self.keep_inpaint_source and state.inpaint_keep is not None and params.inpaint_audio is not None:
+            source = np.zeros_like(result)
+            n = min(result.shape[-1], params.inpaint_audio.shape[-1])
+            src = np.asarray(params.inpaint_audio, dtype=np.float32)
+            if src.ndim == 1:
+                src = src[None]
+            source[:, :n] = src[: result.shape[0], :n] if src.shape[0] >= result.shape[0] else src[:1, :n]
+            result = np.where(state.inpaint_keep[None, :], np.clip(source, -1.0, 1.0), result).astype(np.float32)
+        state.x = state.context = state.global_cond = state.padding_mask = torch.empty(0)
+        state.uncond_context = state.local_cond = state.denoised = state.noise = None
+        return result
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "structure": self.config.structure,
+            "format": "official (model_config.json + model.safetensors)",
+            "longest_clip_s": self.config.longest_clip_s,
+            "duration_padding_s": self.padding_s,
+            "latent_hop": self.config.hop,
+            "sampler": "ping-pong (Stability's stable_audio_3 generate())",
+            "guidance": "APG (apg_scale 1) or vanilla CFG (apg_scale 0), from guidance_scale > 1",
+        }
+
+
+def kept_samples(total: int, source_samples: int, regions: list[tuple[float, float]], sample_rate: int) -> np.ndarray:
+    """True where the output sample comes from the source: inside the source and outside every region (sample
+    boundaries rounded as the official mask rounds them, `int(seconds * sr)`)."""
+    keep = np.zeros(total, dtype=bool)
+    keep[: min(total, source_samples)] = True
+    for start_s, end_s in regions:
+        keep[min(int(start_s * sample_rate), total) : min(int(end_s * sample_rate), total)] = False
+    return keep
+
+
+def _load_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], files: CheckpointFiles, prefix: str) -> None:
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    mismatched = [k for k in sorted(set(own) & set(state)) if own[k].shape != state[k].shape]
+    if missing or unexpected or mismatched:
+        parts = []
+        for what, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", mismatched)):
+            if keys:
+                parts.append(f"{what}: {', '.join(prefix + k for k in keys[:6])}{' ...' if len(keys) > 6 else ''}")
+        raise ModelLoadError(f"{files.weights_path} does not match {files.config_path.name}: {'; '.join(parts)}")
+    module.load_state_dict(state, strict=True)
