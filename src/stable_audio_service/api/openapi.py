@@ -18,6 +18,11 @@ from .. import service
 from ..config import Settings
 
 REQUEST_SCHEMA = "StableAudioRequest"
+# What the prompt validators enforce (not blank, no control characters), said as a JSON Schema pattern so
+# generated clients and fuzzers produce prompts the service accepts.
+_CTRL = r"\x00-\x08\x0b\x0c\x0e-\x1f\x7f"
+PROMPT_PATTERN = rf"^[^{_CTRL}]*[^\s{_CTRL}][^{_CTRL}]*$"
+NEGATIVE_PROMPT_PATTERN = rf"^[^{_CTRL}]*$"
 # Request fields that only exist when the loaded model declares the capability.
 CAPABILITY_FIELDS = {
     "apg_scale": lambda caps: caps.apg_scale is not None,
@@ -50,9 +55,10 @@ def model_schema(base: dict[str, Any], model: Any, settings: Settings) -> dict[s
     for name in ("duration", "guidance_scale", "num_inference_steps", "apg_scale", "init_noise_level"):
         if name in props and fields.get(name):
             _bounded(props[name], fields[name])
-    for name in ("prompt", "negative_prompt"):
+    for name, pattern in (("prompt", PROMPT_PATTERN), ("negative_prompt", NEGATIVE_PROMPT_PATTERN)):
         for variant in props.get(name, {}).get("anyOf", [props.get(name, {})]):
             if variant.get("type") == "string":
+                variant["pattern"] = pattern
                 variant["maxLength"] = min(
                     variant.get("maxLength", settings.max_prompt_chars), settings.max_prompt_chars
                 )

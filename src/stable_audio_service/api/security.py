@@ -10,8 +10,9 @@ import hmac
 import json
 from typing import Any
 
-# Paths anyone may read: the health probe and the playground page (it has a token field).
-PUBLIC_PATHS = ("/health",)
+# Paths anyone may read: the health probe, the playground page (it has a token field) and the API's
+# description (/docs must load to offer its "Authorize" button; the schema holds no secrets).
+PUBLIC_PATHS = ("/health", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc")
 PUBLIC_PREFIXES = ("/static/",)
 PUBLIC_EXACT_PAGES = ("/", "/favicon.ico")
 
