@@ -8,7 +8,10 @@ artifacts/screenshots/ (git-ignored).
 
 from __future__ import annotations
 
+import base64
 import importlib.util
+import io
+import json
 import os
 import re
 import socket
@@ -17,12 +20,15 @@ import time
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
+import soundfile as sf
 from fastapi.testclient import TestClient
 
 from stable_audio_service.api import create_app
 from stable_audio_service.config import Settings
 from stable_audio_service.models.loading import ModelLoadError
+from stable_audio_service.models.tiny import make_tiny
 
 CHROMIUM = os.environ.get("STABLE_AUDIO_TEST_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -34,6 +40,9 @@ CHROMIUM_ARGS = [
     "--disable-background-networking",
     "--disable-component-update",
     "--disable-sync",
+    # a fake microphone (a beep) that needs no permission prompt, for the recording test
+    "--use-fake-device-for-media-stream",
+    "--use-fake-ui-for-media-stream",
 ]
 SHOTS = Path(__file__).resolve().parents[1] / "artifacts" / "screenshots"
 FAST_STEPS = 30  # enough steps that the page sees several even on a fast machine
@@ -344,3 +353,369 @@ def test_token_field_when_the_api_needs_one(tiny_dir, browser):
         context.close()
     finally:
         server.stop()
+
+
+# ------------------------------------------------------------------ editing audio --
+# Audio-to-audio, inpainting and continuation need a Stable Audio 3 model: a tiny random-weight one.
+SOURCE_SECONDS = 1.5
+SR = 44100
+EDIT_STEPS = 6
+
+
+@pytest.fixture(scope="module")
+def sa3_dir(tmp_path_factory) -> Path:
+    return make_tiny(tmp_path_factory.mktemp("models") / "tiny-sa3", family="sa3")
+
+
+@pytest.fixture(scope="module")
+def live_sa3(sa3_dir):
+    if _browser_missing():
+        pytest.skip(_browser_missing())
+    server = _Server(Settings(model=str(sa3_dir), batch_wait_ms=0, max_batch_size=2))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def source_wav(tmp_path_factory) -> tuple[Path, np.ndarray]:
+    """A 1.5 s 16-bit stereo WAV at the model's rate: two tones and a little noise, different per channel."""
+    t = np.arange(int(SOURCE_SECONDS * SR)) / SR
+    rng = np.random.default_rng(7)
+    audio = np.stack([0.3 * np.sin(2 * np.pi * 220 * t), 0.2 * np.sin(2 * np.pi * 330 * t)], axis=1)
+    audio += 0.02 * rng.standard_normal(audio.shape)
+    pcm = np.round(np.clip(audio, -1, 1) * 32767).astype(np.int16)
+    path = tmp_path_factory.mktemp("audio") / "loop.wav"
+    sf.write(path, pcm, SR, subtype="PCM_16")
+    return path, pcm
+
+
+def watch_network(p) -> dict:
+    """Every request the page sends (method, path, body) and every response it gets."""
+    seen: dict = {"requests": [], "responses": []}
+    p.on(
+        "request",
+        lambda r: seen["requests"].append(
+            (r.method, httpx.URL(r.url).path, r.post_data if r.method == "POST" else None)
+        ),
+    )
+    p.on("response", lambda r: seen["responses"].append(r))
+    return seen
+
+
+def posted_jobs(seen: dict) -> list[dict]:
+    return [json.loads(body) for method, path, body in seen["requests"] if method == "POST" and path == "/jobs"]
+
+
+def result_audio(seen: dict) -> np.ndarray:
+    """The result's file as the page fetched it from the service (int16, frames x channels)."""
+    got = [r for r in seen["responses"] if re.search(r"/jobs/[^/]+/audio$", r.url) and r.status == 200]
+    assert got, [r.url for r in seen["responses"]]
+    data, rate = sf.read(io.BytesIO(got[-1].body()), dtype="int16", always_2d=True)
+    assert rate == SR
+    return data
+
+
+def load_source(p, path: Path, mode: str) -> None:
+    p.get_by_role("radio", name=mode).check()
+    p.locator("#source-file").set_input_files(str(path))
+    p.wait_for_function("() => document.getElementById('source-waveform').dataset.drawn === '1'")
+
+
+def layer_point(p, frac: float) -> tuple[float, float]:
+    box = p.locator("#region-layer").bounding_box()
+    return box["x"] + frac * box["width"], box["y"] + box["height"] / 2
+
+
+def drag(p, start: tuple[float, float], end: tuple[float, float]) -> None:
+    p.mouse.move(*start)
+    p.mouse.down()
+    p.mouse.move(*end, steps=6)
+    p.mouse.up()
+
+
+def regions_shown(p) -> list[tuple[float, float]]:
+    """The regions as the list under the waveform shows them (the editable numbers)."""
+    values = p.locator("#regions input").evaluate_all("els => els.map(e => Number(e.value))")
+    return list(zip(values[0::2], values[1::2], strict=True))
+
+
+def strip_colour(p, canvas_id: str, seconds: float, view: float) -> tuple[int, int, int]:
+    """The colour of the top row of a waveform canvas at `seconds` on a `view`-second timeline."""
+    return tuple(
+        p.evaluate(
+            """([id, frac]) => { const c = document.getElementById(id);
+                 const x = Math.min(c.width - 1, Math.floor(frac * c.width));
+                 return Array.from(c.getContext('2d').getImageData(x, 1, 1, 1).data.slice(0, 3)); }""",
+            [canvas_id, seconds / view],
+        )
+    )
+
+
+def wait_result(p) -> None:
+    p.wait_for_function(
+        "() => document.getElementById('progress-text').textContent.startsWith('Done')", timeout=120_000
+    )
+    p.wait_for_function("() => document.getElementById('waveform').dataset.drawn === '1'")
+
+
+@needs_browser
+def test_audio_to_audio_from_an_uploaded_file(live_sa3, page, source_wav):
+    path, pcm = source_wav
+    open_page(page, live_sa3.url)
+    seen = watch_network(page)
+    record_progress(page)
+    load_source(page, path, "Audio to audio")
+    # the source is shown like a result, and the duration follows it
+    assert page.evaluate(CANVAS_STATS, "source-waveform")["lit"] > 0.05
+    assert page.evaluate(CANVAS_STATS, "source-spectrogram")["colours"] > 50
+    assert "loop.wav" in page.locator("#source-facts").inner_text()
+    assert float(page.locator("#duration").input_value()) == SOURCE_SECONDS
+    page.wait_for_function("() => document.getElementById('source-player').readyState >= 1")
+    assert page.evaluate("document.getElementById('source-player').duration") == pytest.approx(SOURCE_SECONDS, abs=0.01)
+
+    # strength: the model's default, moved with the keyboard, explained
+    models = httpx.get(live_sa3.url + "models").json()
+    caps = models.get("capabilities") or models["audio_inputs"]
+    strength = page.get_by_label(re.compile("^Strength"))
+    assert float(strength.input_value()) == pytest.approx(caps["init_noise_level"]["default"])
+    strength.focus()
+    for _ in range(4):
+        page.keyboard.press("ArrowLeft")
+    level = float(strength.input_value())
+    assert level == pytest.approx(caps["init_noise_level"]["default"] - 4 * float(strength.get_attribute("step")))
+    assert "ignores the source" in page.locator("#strength-hint").inner_text()
+    assert page.locator("#regions-box").is_hidden()
+
+    page.get_by_label("Prompt", exact=True).fill("the same loop, brighter")
+    page.get_by_label("Steps").fill(str(EDIT_STEPS))
+    page.get_by_label("Seed", exact=True).fill("11")
+    page.get_by_role("button", name="Generate").click()
+    wait_result(page)
+
+    # what went out: the file's own bytes, the strength, nothing of inpainting
+    (body,) = posted_jobs(seen)
+    assert body["init_audio_b64"] == base64.b64encode(path.read_bytes()).decode()
+    assert body["init_noise_level"] == pytest.approx(level) and body["duration"] == SOURCE_SECONDS
+    assert "inpaint_regions" not in body and "inpaint_audio_b64" not in body
+    out = result_audio(seen)
+    assert out.shape == (len(pcm), 2)
+    # progress as for text-to-audio
+    texts = [e["text"] for e in page.evaluate("window.__progress")]
+    assert any(t.startswith(f"Step {EDIT_STEPS} of {EDIT_STEPS}") for t in texts), texts
+
+    # before and after: both shown, A/B on one player, keeping its position
+    facts = page.locator("#result-facts").inner_text()
+    assert "Audio to audio" in facts and f"strength {level:g}" in facts and "loop.wav" in facts
+    player = page.locator("#player")
+    page.wait_for_function("() => document.getElementById('player').readyState >= 1")
+    after_src = player.evaluate("a => a.currentSrc")
+    assert player.evaluate("a => a.duration") == pytest.approx(SOURCE_SECONDS, abs=0.01)
+    player.evaluate("a => { a.currentTime = 0.7; }")
+    page.get_by_role("button", name="Before (source)").click()
+    assert page.get_by_role("button", name="Before (source)").get_attribute("aria-pressed") == "true"
+    page.wait_for_function("() => document.getElementById('player').readyState >= 1")
+    assert player.evaluate("a => a.currentSrc") not in (after_src, "")
+    assert player.evaluate("a => a.currentTime") == pytest.approx(0.7, abs=0.05)
+    shot(page, "desktop-a2a-before")
+    page.get_by_role("button", name="After (result)").click()
+    page.wait_for_function("() => document.getElementById('player').readyState >= 1")
+    assert player.evaluate("a => a.currentSrc") == after_src
+    assert page.locator("#source-body").is_visible() and page.evaluate(CANVAS_STATS, "waveform")["lit"] > 0.05
+    shot(page, "desktop-a2a-result")
+    assert not page.problems, page.problems
+
+
+@needs_browser
+def test_inpaint_a_region_dragged_on_the_waveform(live_sa3, page, source_wav):
+    path, pcm = source_wav
+    open_page(page, live_sa3.url)
+    seen = watch_network(page)
+    load_source(page, path, "Inpaint & continue")
+    assert page.locator("#strength-box").is_hidden() and page.locator("#regions-box").is_visible()
+
+    # drag out a region over 30-55 % of the clip
+    drag(page, layer_point(page, 0.30), layer_point(page, 0.55))
+    ((start, end),) = regions_shown(page)
+    assert start == pytest.approx(0.30 * SOURCE_SECONDS, abs=0.02)
+    assert end == pytest.approx(0.55 * SOURCE_SECONDS, abs=0.02)
+    region = page.locator("#region-layer .region")
+    assert region.count() == 1 and f"{start:.2f}" in region.inner_text()
+
+    # move it right by 10 % of the clip: same length, later
+    box = region.bounding_box()
+    centre = (box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    drag(page, centre, (centre[0] + 0.10 * page.locator("#region-layer").bounding_box()["width"], centre[1]))
+    ((moved_start, moved_end),) = regions_shown(page)
+    assert moved_start == pytest.approx(start + 0.15, abs=0.02)
+    assert moved_end - moved_start == pytest.approx(end - start, abs=0.011)
+
+    # a second region, removed with its ×; a third, removed with the list's button
+    drag(page, layer_point(page, 0.05), layer_point(page, 0.15))
+    assert len(regions_shown(page)) == 2
+    page.locator("#region-layer .region").first.locator(".region-x").click()
+    assert regions_shown(page) == [(moved_start, moved_end)]
+    page.get_by_role("button", name="Add a region").click()
+    assert len(regions_shown(page)) == 2
+    page.get_by_role("button", name=re.compile("^Remove region 2")).click()
+    assert regions_shown(page) == [(moved_start, moved_end)]
+
+    # times typed in move the shaded span
+    left_before = region.evaluate("el => el.getBoundingClientRect().left")
+    page.get_by_label("Region 1 start").fill("0.4")
+    page.get_by_label("Region 1 end").fill("0.9")
+    assert regions_shown(page) == [(0.4, 0.9)]
+    assert region.evaluate("el => el.getBoundingClientRect().left") < left_before
+    page.get_by_label("Region 1 end").fill("0.2")  # before the start: refused, said why
+    assert "after the start" in page.locator("#regions-error").inner_text()
+    page.get_by_label("Region 1 end").fill("0.9")
+    assert page.locator("#regions-error").is_hidden()
+    shot(page, "desktop-inpaint-regions", full_page=False)
+
+    page.get_by_label("Prompt", exact=True).fill("a drum fill")
+    page.get_by_label("Steps").fill(str(EDIT_STEPS))
+    page.get_by_role("button", name="Generate").click()
+    wait_result(page)
+    (body,) = posted_jobs(seen)
+    assert body["inpaint_regions"] == [{"start_s": 0.4, "end_s": 0.9}] and "init_audio_b64" not in body
+    out = result_audio(seen)
+    assert out.shape == pcm.shape
+    a, b = int(0.4 * SR), int(0.9 * SR)
+    keep = np.r_[0:a, b : len(pcm)]
+    # outside the region: the source itself (16-bit: at most one step apart); inside: new audio
+    assert np.abs(out[keep].astype(int) - pcm[keep]).max() <= 1
+    assert np.abs(out[a:b].astype(int) - pcm[a:b]).max() > 1000
+
+    # the regenerated span is marked on the result's waveform (a strip along its top), and only there
+    inside = strip_colour(page, "waveform", 0.65, SOURCE_SECONDS)
+    outside = strip_colour(page, "waveform", 1.2, SOURCE_SECONDS)
+    assert sum(abs(x - y) for x, y in zip(inside, outside, strict=True)) > 60, (inside, outside)
+    assert "0.4–0.9 s" in page.locator("#result-facts").inner_text()
+    shot(page, "desktop-inpaint-result")
+    assert not page.problems, page.problems
+
+
+@needs_browser
+def test_continuation_extends_the_clip(live_sa3, page, source_wav):
+    path, pcm = source_wav
+    open_page(page, live_sa3.url)
+    seen = watch_network(page)
+    load_source(page, path, "Inpaint & continue")
+    page.get_by_label("Prompt", exact=True).fill("and then it goes on")
+    page.get_by_label("Steps").fill(str(EDIT_STEPS))
+    # no region and no longer duration: nothing to do, said before sending
+    page.get_by_role("button", name="Generate").click()
+    assert "Nothing to regenerate" in page.locator("#error").inner_text()
+    assert not posted_jobs(seen)
+
+    page.get_by_label("Duration").fill("2.5")
+    assert re.search(r"\b1(\.0+)? s after the source", page.locator("#continuation-note").inner_text())
+    # the new tail is shown on the source's timeline (2.5 s wide now)
+    assert strip_colour(page, "source-waveform", 2.0, 2.5) != strip_colour(page, "source-waveform", 0.7, 2.5)
+    page.get_by_role("button", name="Generate").click()
+    wait_result(page)
+    (body,) = posted_jobs(seen)
+    assert body["duration"] == 2.5 and "inpaint_regions" not in body and "inpaint_audio_b64" in body
+    out = result_audio(seen)
+    assert out.shape == (int(2.5 * SR), 2)
+    assert np.abs(out[: len(pcm)].astype(int) - pcm).max() <= 1  # the source, then the new tail
+    assert np.abs(out[len(pcm) :]).max() > 100
+    page.wait_for_function("() => document.getElementById('player').readyState >= 1")
+    assert page.evaluate("document.getElementById('player').duration") == pytest.approx(2.5, abs=0.01)
+    assert "continued from 1.5 to 2.5 s" in page.locator("#result-facts").inner_text()
+    shot(page, "desktop-continuation")
+
+    # the result becomes the next source in one click
+    page.get_by_role("button", name="Edit this clip").click()
+    page.wait_for_function("() => /2\\.50 s/.test(document.getElementById('source-facts').textContent)")
+    assert "and then it goes on" in page.locator("#source-facts").inner_text()
+    assert float(page.locator("#duration").input_value()) == 2.5
+
+    # phone width: the editor fits the screen
+    page.set_viewport_size({"width": 390, "height": 844})
+    page.wait_for_timeout(400)
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390
+    shot(page, "phone-inpaint")
+    assert not page.problems, page.problems
+
+
+@needs_browser
+def test_open1_hides_inpainting_and_says_why(live, page, source_wav):
+    path, _ = source_wav
+    open_page(page, live.url)
+    seen = watch_network(page)
+    assert page.get_by_role("radio", name="Inpaint & continue").count() == 0  # not offered at all
+    notes = page.locator("#mode-notes").inner_text()
+    assert "no inpainting" in notes and "barely changes the output" in notes
+    load_source(page, path, "Audio to audio")
+    assert page.locator("#strength-box").is_hidden()  # no strength to set on this model
+    shot(page, "desktop-open1-edit", full_page=False)
+    fill_fast(page, "rain", steps=10, duration=1.0)
+    page.get_by_role("button", name="Generate").click()
+    wait_result(page)
+    (body,) = posted_jobs(seen)
+    assert "init_audio_b64" in body and "init_noise_level" not in body
+    assert page.locator("#error").is_hidden()
+    assert not page.problems, page.problems
+
+
+@needs_browser
+def test_too_large_upload_shows_the_limit_without_a_request(sa3_dir, browser, source_wav):
+    path, _ = source_wav
+    limit = 100_000  # the 1.5 s stereo WAV is about 265 kB
+    server = _Server(Settings(model=str(sa3_dir), batch_wait_ms=0, max_upload_bytes=limit))
+    try:
+        context = browser.new_context(viewport={"width": 1280, "height": 900})
+        p = context.new_page()
+        p.set_default_timeout(60_000)
+        open_page(p, server.url)
+        seen = watch_network(p)
+        p.get_by_role("radio", name="Audio to audio").check()
+        # dropped on the page, as a person would drag it from a file manager
+        p.evaluate(
+            """([b64, name]) => {
+              const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+              const dt = new DataTransfer();
+              dt.items.add(new File([bytes], name, {type: 'audio/wav'}));
+              document.getElementById('dropzone').dispatchEvent(
+                new DragEvent('drop', {dataTransfer: dt, bubbles: true, cancelable: true}));
+            }""",
+            [base64.b64encode(path.read_bytes()).decode(), path.name],
+        )
+        error = p.locator("#source-error")
+        error.wait_for(state="visible")
+        assert f"{limit} bytes" in error.inner_text() and f"{path.stat().st_size} bytes" in error.inner_text()
+        assert p.locator("#source-body").is_hidden()
+        fill_fast(p, "anything", steps=EDIT_STEPS, duration=1.0)
+        p.get_by_role("button", name="Generate").click()
+        assert "Choose a source first" in p.locator("#error").inner_text()
+        assert f"{limit} bytes" in p.locator("#error").inner_text()
+        shot(p, "desktop-too-large", full_page=False)
+        assert not [r for r in seen["requests"] if r[0] == "POST"], seen["requests"]
+        context.close()
+    finally:
+        server.stop()
+
+
+@needs_browser
+def test_record_from_the_microphone(live_sa3, browser):
+    context = browser.new_context(viewport={"width": 1280, "height": 900}, permissions=["microphone"])
+    p = context.new_page()
+    p.set_default_timeout(60_000)
+    open_page(p, live_sa3.url)
+    seen = watch_network(p)
+    p.get_by_role("radio", name="Audio to audio").check()
+    p.get_by_role("button", name="Record from the microphone").click()
+    p.wait_for_function("() => /Recording 1\\.[2-9]/.test(document.getElementById('record-status').textContent)")
+    p.get_by_role("button", name="Stop recording").click()
+    p.wait_for_function("() => document.getElementById('source-waveform').dataset.drawn === '1'")
+    facts = p.locator("#source-facts").inner_text()
+    assert "Recording" in facts and "converted to 16-bit WAV" in facts, facts
+    seconds = p.evaluate("document.getElementById('source-player').duration")
+    assert 1.0 < seconds < 5.0
+    assert p.evaluate(CANVAS_STATS, "source-waveform")["lit"] > 0.01  # the fake microphone beeps
+    fill_fast(p, "hum", steps=EDIT_STEPS, duration=1.0)
+    p.get_by_role("button", name="Generate").click()
+    wait_result(p)
+    (body,) = posted_jobs(seen)
+    assert base64.b64decode(body["init_audio_b64"])[:4] == b"RIFF"  # what the service reads, not WebM
+    context.close()
