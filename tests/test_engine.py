@@ -1,161 +1,322 @@
-"""Engine behaviour through HTTP: batching, jobs, progress events, cancel, backpressure, deadlines."""
+"""The engine, deterministically: batching, cancel (queued, running, decoding), what is kept and
+for how long, drain. A fake model whose phases wait at gates decides the interleavings; no test
+depends on how fast anything runs. The last test checks batched == solo on the real tiny model."""
 
 from __future__ import annotations
 
-import json
+import asyncio
+import io
 import threading
-import time
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
+import soundfile as sf
 
 from stable_audio_service.config import Settings
+from stable_audio_service.engine import Engine, JobStatus, NotAccepting, QueueFull
 
-from .conftest import FAST, decode_b64, serve
-
-
-def test_sixteen_concurrent_predicts_batch_and_match_solo(client):
-    engine = client.app.state.service.engine
-    bodies = [
-        {
-            "prompt": f"sound number {i}",
-            "seed": 100 + i,
-            "guidance_scale": 1.0 + (i % 5) * 2,
-            "negative_prompt": "hiss" if i % 3 == 0 else None,
-            "duration": 1.0 + (i % 4) * 0.5,
-            "num_inference_steps": 10,
-        }
-        for i in range(16)
-    ]
-    before = dict(engine.stats)
-    with ThreadPoolExecutor(16) as pool:
-        responses = list(pool.map(lambda b: client.post("/predict", json=b), bodies))
-    after = dict(engine.stats)
-    assert all(r.status_code == 200 for r in responses), [r.text for r in responses if r.status_code != 200]
-    passes = after["forward_passes"] - before["forward_passes"]
-    assert passes < 16 * 10, f"{passes} forward passes for 16 requests of 10 steps: no batching happened"
-    assert after["max_batch_seen"] > 1
-    # each batched result equals the same request run alone
-    for body, r in list(zip(bodies, responses, strict=True))[:4]:
-        solo = client.post("/predict", json=body)
-        a, _ = decode_b64(r.json()["audio_b64"])
-        b, _ = decode_b64(solo.json()["audio_b64"])
-        assert a.shape == (2, int(body["duration"] * 44100))
-        np.testing.assert_allclose(a, b, atol=2 / 32768)  # 16-bit quantisation step
-
-
-def read_events(client, job_id, timeout=60):
-    events = []
-    with client.stream("GET", f"/jobs/{job_id}/events", timeout=timeout) as r:
-        assert r.status_code == 200
-        assert r.headers["content-type"].startswith("text/event-stream")
-        for line in r.iter_lines():
-            if line.startswith("data: "):
-                events.append(json.loads(line[6:]))
-                if events[-1]["type"] in ("done", "failed", "cancelled"):
-                    break
-    return events
-
-
-def test_job_lifecycle_with_progress_events(client):
-    r = client.post("/jobs?client_job_id=async-1", json={"prompt": "thunder", "seed": 9, **FAST})
-    assert r.status_code == 202
-    job = r.json()
-    assert job["status"] in ("queued", "running") and job["meta"]["client_job_id"] == "async-1"
-    events = read_events(client, job["id"])
-    steps = [e["step"] for e in events if e["type"] == "step"]
-    assert events[-1]["type"] == "done"
-    assert steps == sorted(steps) and steps[-1] == 10 and len(steps) >= 5
-    view = client.get(f"/jobs/{job['id']}").json()
-    assert view["status"] == "done" and view["step"] == view["total_steps"] == 10
-    assert view["result"]["seed"] == 9 and view["result"]["meta"]["client_job_id"] == "async-1"
-    assert view["timings"]["denoise_s"] > 0
-    audio, sr = decode_b64(view["result"]["audio_b64"])
-    assert audio.shape == (2, 44100) and sr == 44100
-    # the synchronous path gives the same audio for the same request
-    sync = client.post("/predict", json={"prompt": "thunder", "seed": 9, **FAST}).json()
-    assert sync["audio_b64"] == view["result"]["audio_b64"]
-
-
-def test_cancel_running_job_keeps_batch_mates(client):
-    long = {"prompt": "long one", "duration": 1.0, "num_inference_steps": 200, "seed": 1}
-    a = client.post("/jobs", json=long).json()["id"]
-    b = client.post("/jobs", json={**long, "prompt": "batch mate", "seed": 2}).json()["id"]
-    deadline = time.time() + 30
-    while client.get(f"/jobs/{a}").json()["step"] < 2 and time.time() < deadline:
-        time.sleep(0.05)
-    r = client.delete(f"/jobs/{a}")
-    assert r.status_code == 200
-    events = read_events(client, a)
-    assert events[-1]["type"] == "cancelled"
-    view_a = client.get(f"/jobs/{a}").json()
-    assert view_a["status"] == "cancelled" and view_a["step"] < 200
-    deadline = time.time() + 90
-    while client.get(f"/jobs/{b}").json()["status"] not in ("done", "failed") and time.time() < deadline:
-        time.sleep(0.1)
-    view_b = client.get(f"/jobs/{b}").json()
-    assert view_b["status"] == "done"
-    solo = client.post("/predict", json={**long, "prompt": "batch mate", "seed": 2}).json()
-    assert solo["audio_b64"] == view_b["result"]["audio_b64"] or np.allclose(
-        decode_b64(solo["audio_b64"])[0], decode_b64(view_b["result"]["audio_b64"])[0], atol=2 / 32768
-    )
-    assert client.delete(f"/jobs/{b}").status_code == 409
-
-
-def test_cancel_queued_job_and_unknown_job(client):
-    assert client.get("/jobs/nope").status_code == 404
-    assert client.delete("/jobs/nope").status_code == 404
+from .fake_model import GATE_TIMEOUT_S, FakeClock, FakeModel, Gate, Watcher, params
 
 
 @pytest.fixture()
-def small_queue(tiny_dir):
-    c = serve(Settings(model=str(tiny_dir), queue_size=2, max_batch_size=1, batch_wait_ms=0, queue_timeout_s=60))
-    yield c
-    c.__exit__(None, None, None)
+def make_engine():
+    """Engines started on a model, shut down (gates opened) after the test."""
+    made: list[tuple[Engine, object]] = []
+
+    def make(model=None, **kw):
+        model = model or FakeModel()
+        watcher = kw.pop("observer", None) or Watcher()
+        engine = Engine(model, observer=watcher, batch_wait_ms=kw.pop("batch_wait_ms", 0), **kw)
+        engine.start()
+        made.append((engine, model))
+        return engine, model, watcher
+
+    yield make
+    for engine, model in made:
+        for gate in ("start_gate", "step_gate", "finish_gate", "gate"):
+            if isinstance(getattr(model, gate, None), Gate):
+                getattr(model, gate).open()
+        engine.shutdown(grace_s=5)
 
 
-def test_queue_full_is_429_with_retry_after(small_queue):
-    long = {"prompt": "x", "duration": 1.0, "num_inference_steps": 200}
-    ids = [small_queue.post("/jobs", json=long) for _ in range(5)]
-    codes = [r.status_code for r in ids]
-    assert 429 in codes and codes.count(202) >= 2
-    rejected = next(r for r in ids if r.status_code == 429)
-    assert rejected.headers["retry-after"] and "queue full" in rejected.json()["detail"]
-    for r in ids:
-        if r.status_code == 202:
-            small_queue.delete(f"/jobs/{r.json()['id']}")
+def pcm(job) -> np.ndarray:
+    data, _ = sf.read(io.BytesIO(job.result.data), dtype="float32", always_2d=True)
+    return data.T
 
 
-def test_queue_deadline_answers_503(tiny_dir):
-    c = serve(Settings(model=str(tiny_dir), max_batch_size=1, batch_wait_ms=0, queue_timeout_s=0.5))
-    try:
-        long = c.post("/jobs", json={"prompt": "x", "duration": 1.0, "num_inference_steps": 200}).json()["id"]
-        results = {}
-
-        def waiting():
-            results["r"] = c.post("/predict", json={"prompt": "y", **FAST})
-
-        t = threading.Thread(target=waiting)
-        t.start()
-        t.join(60)
-        r = results["r"]
-        assert r.status_code == 503 and "waited in the queue" in r.json()["detail"]
-        assert r.headers["retry-after"]
-        c.delete(f"/jobs/{long}")
-    finally:
-        c.__exit__(None, None, None)
+def hold_worker(engine, model, seed: int = 999):
+    """Submit a job with its own batch key and stop the worker inside its first step."""
+    model.step_gate = Gate(free=False)
+    blocker = engine.submit(params(seed=seed, steps=1, duration=0.5))
+    model.step_gate.wait_arrival()
+    return blocker
 
 
-def test_finished_jobs_are_freed(tiny_dir):
-    c = serve(Settings(model=str(tiny_dir), max_jobs_kept=2, batch_wait_ms=0))
-    try:
-        ids = [c.post("/jobs", json={"prompt": f"p{i}", **FAST}).json()["id"] for i in range(4)]
-        for i in ids:
-            read_events(c, i)
-        engine = c.app.state.service.engine
-        kept = [i for i in ids if engine.get(i) is not None]
-        assert len(kept) <= 2 and ids[-1] in kept
-        assert c.get(f"/jobs/{ids[0]}").status_code == 404
-    finally:
-        c.__exit__(None, None, None)
+def test_jobs_queued_behind_a_busy_worker_run_as_one_batch(make_engine):
+    engine, model, watch = make_engine(max_batch_size=3)
+    blocker = hold_worker(engine, model)
+    jobs = [engine.submit(params(seed=s)) for s in (1, 2, 3)]
+    assert [engine.position(j) for j in jobs] == [1, 2, 3]
+    model.step_gate.open()
+    watch.wait(blocker, *jobs)
+    assert model.batches == [[999], [1, 2, 3], [1, 2, 3], [1, 2, 3]]
+    assert engine.stats["max_batch_seen"] == 3 and engine.stats["forward_passes"] == 4
+    for job in jobs:
+        assert job.status == JobStatus.done and job.batch_size == 3
+        assert job.result.num_samples == 8000 and job.result.channels == 2
+        np.testing.assert_allclose(pcm(job), job.params.seed / 1000, atol=1 / 32768)
+
+
+def test_cancel_while_queued_never_starts(make_engine):
+    engine, model, watch = make_engine()
+    blocker = hold_worker(engine, model)
+    job = engine.submit(params(seed=5))
+    assert engine.cancel(job.id) is job
+    assert job.status == JobStatus.cancelled and engine.position(job) is None
+    model.step_gate.open()
+    watch.wait(blocker)
+    assert [p.seed for p in model.started] == [999]
+    assert engine.get(job.id).status == JobStatus.cancelled and job.result is None
+
+
+def test_cancel_while_running_leaves_batch_mates_alone(make_engine):
+    engine, model, watch = make_engine(max_batch_size=2)
+    blocker = hold_worker(engine, model)
+    a, b = engine.submit(params(seed=1, steps=5)), engine.submit(params(seed=2, steps=5))
+    model.step_gate.allow()  # the blocker's step
+    model.step_gate.wait_arrival()  # [a, b], step 1
+    model.step_gate.allow()
+    model.step_gate.wait_arrival()  # [a, b], step 2
+    engine.cancel(a.id)
+    assert a.status == JobStatus.running and a.cancel_requested
+    model.step_gate.open()
+    watch.wait(blocker, a, b)
+    assert a.status == JobStatus.cancelled and a.step == 2 and a.result is None
+    assert b.status == JobStatus.done and b.step == 5
+    assert model.batches == [[999], [1, 2], [1, 2], [2], [2], [2]]
+    np.testing.assert_allclose(pcm(b), 0.002, atol=1 / 32768)
+
+
+def test_cancel_during_decode_ends_cancelled_without_result(make_engine):
+    engine, model, watch = make_engine()
+    model.finish_gate = Gate(free=False)
+    job = engine.submit(params(seed=3, steps=2))
+    model.finish_gate.wait_arrival()
+    assert job.status == JobStatus.running and job.step == 2
+    assert engine.cancel(job.id) is job
+    model.finish_gate.open()
+    watch.wait(job)
+    assert job.status == JobStatus.cancelled and job.result is None
+    assert engine.result_bytes() == 0
+
+
+def test_cancel_of_a_batch_mate_waiting_for_its_decode(make_engine):
+    engine, model, watch = make_engine(max_batch_size=2)
+    blocker = hold_worker(engine, model)
+    a, b = engine.submit(params(seed=1, steps=1)), engine.submit(params(seed=2, steps=1))
+    model.finish_gate = Gate(free=False)
+    model.step_gate.open()
+    model.finish_gate.wait_arrival()  # the blocker's decode
+    model.finish_gate.allow()
+    model.finish_gate.wait_arrival()  # a's decode; b waits its turn
+    engine.cancel(b.id)
+    model.finish_gate.open()
+    watch.wait(blocker, a, b)
+    assert a.status == JobStatus.done and b.status == JobStatus.cancelled
+    assert len(model.seen_uploads) == 2  # b was never decoded
+
+
+def test_predict_style_job_is_forgotten_when_it_ends(make_engine):
+    engine, model, watch = make_engine()
+    model.finish_gate = Gate(free=False)
+    job = engine.submit(params(seed=4), keep=False)
+    model.finish_gate.wait_arrival()
+    assert engine.get(job.id) is job  # findable (and cancellable) while it runs
+    model.finish_gate.open()
+    watch.wait(job)
+    assert job.status == JobStatus.done and job.result.num_samples == 8000  # the caller still has it
+    assert engine.get(job.id) is None and engine.kept_count() == 0 and engine.result_bytes() == 0
+
+
+def test_release_forgets_a_kept_job(make_engine):
+    engine, model, watch = make_engine()
+    job = engine.submit(params(seed=4))
+    watch.wait(job)
+    assert engine.get(job.id) is job and engine.result_bytes() == len(job.result.data) > 0
+    engine.release(job)
+    assert engine.get(job.id) is None and engine.result_bytes() == 0
+    assert job.result is not None  # the caller's reference stays usable
+
+
+def test_uploads_are_dropped_once_the_model_encoded_them(make_engine):
+    engine, model, watch = make_engine()
+    sr = model.sample_rate
+    init = engine.submit(params(seed=1, init_audio=np.ones((2, 10 * sr), np.float32)))
+    source = np.ones((2, 10 * sr), np.float32)
+    inpaint = engine.submit(params(seed=2, duration=1.5, inpaint_audio=source, inpaint_regions=[(0.5, 1.0)]))
+    watch.wait(init, inpaint)
+    (init_seen, _), (_, inpaint_seen) = model.seen_uploads
+    assert init_seen is None  # audio-to-audio: only start() needs the source
+    assert inpaint_seen.shape == (2, int(1.5 * sr))  # inpainting: finish() splices the clip's part
+    np.testing.assert_array_equal(inpaint_seen, source[:, : int(1.5 * sr)])
+    for job in (init, inpaint):
+        assert job.status == JobStatus.done
+        assert job.params.init_audio is None and job.params.inpaint_audio is None
+
+
+def test_finished_jobs_expire_after_the_ttl(make_engine):
+    clock = FakeClock()
+    engine, model, watch = make_engine(job_ttl_s=60, clock=clock)
+    old = engine.submit(params(seed=1))
+    watch.wait(old)
+    clock.advance(30)
+    new = engine.submit(params(seed=2))
+    watch.wait(new)
+    clock.advance(31)  # old: 61 s, new: 31 s
+    assert engine.prune() == 1
+    assert engine.get(old.id) is None and engine.get(new.id) is new
+    clock.advance(30)
+    assert engine.prune() == 1 and engine.kept_count() == 0
+
+
+def test_finished_jobs_are_bounded_by_count(make_engine):
+    engine, model, watch = make_engine(max_jobs_kept=2)
+    jobs = [engine.submit(params(seed=s)) for s in range(4)]
+    watch.wait(*jobs)
+    assert [engine.get(j.id) for j in jobs] == [None, None, jobs[2], jobs[3]]
+    assert engine.stats["results_evicted"] == 2
+
+
+def test_finished_results_are_bounded_by_bytes_oldest_first(make_engine):
+    engine, model, watch = make_engine()
+    first = engine.submit(params(seed=1))
+    watch.wait(first)
+    size = len(first.result.data)
+    engine.max_result_bytes = 2 * size + size // 2  # room for two results
+    jobs = [first] + [engine.submit(params(seed=s)) for s in (2, 3)]
+    watch.wait(*jobs)
+    assert engine.get(first.id) is None and engine.result_bytes() == 2 * size
+    assert [engine.get(j.id) for j in jobs[1:]] == jobs[1:]
+    engine.max_result_bytes = 1  # smaller than one result: only the newest stays
+    assert engine.prune() == 1 and engine.kept_count() == 1 and engine.get(jobs[2].id) is jobs[2]
+
+
+def test_the_janitor_prunes_without_new_work(make_engine):
+    clock = FakeClock()
+    engine, model, watch = make_engine(job_ttl_s=10, clock=clock, prune_interval_s=0.01)
+    job = engine.submit(params(seed=1))
+    watch.wait(job)
+    assert engine.get(job.id) is job
+    clock.advance(11)
+    gone = threading.Event()
+    for _ in range(int(GATE_TIMEOUT_S / 0.01)):
+        if engine.get(job.id) is None:
+            gone.set()
+            break
+        gone.wait(0.01)
+    assert gone.is_set(), "the expired job was never pruned"
+
+
+def test_queue_full_refuses_and_drain_keeps_reads_working(make_engine):
+    engine, model, watch = make_engine(queue_size=1)
+    blocker = hold_worker(engine, model)
+    queued = engine.submit(params(seed=2), keep=False)
+    with pytest.raises(QueueFull):
+        engine.submit(params(seed=3))
+    stopper = threading.Thread(target=engine.shutdown, kwargs={"grace_s": GATE_TIMEOUT_S})
+    stopper.start()
+    while not engine.draining:
+        stopper.join(0.01)
+    assert not engine.accepting and engine.healthy
+    with pytest.raises(NotAccepting):
+        engine.submit(params(seed=4))
+
+    async def follow():
+        events = engine.subscribe(blocker)
+        first = await events.get()
+        model.step_gate.open()
+        last = first
+        while last["type"] not in ("done", "failed", "cancelled"):
+            last = await asyncio.wait_for(events.get(), GATE_TIMEOUT_S)
+        return first, last
+
+    first, last = asyncio.run(follow())
+    assert first["type"] == "step" and last["type"] == "done"
+    stopper.join(GATE_TIMEOUT_S)
+    assert not stopper.is_alive()
+    watch.wait(queued)
+    assert queued.status == JobStatus.done  # finished within the grace period
+    assert engine.get(blocker.id).status == JobStatus.done and engine.get(blocker.id).result is not None
+
+
+def test_shutdown_answers_what_the_grace_period_could_not_finish(make_engine):
+    engine, model, watch = make_engine()
+    running = hold_worker(engine, model)
+    queued = engine.submit(params(seed=2))
+    stopper = threading.Thread(target=engine.shutdown, kwargs={"grace_s": 0})
+    stopper.start()
+    watch.wait(queued)
+    assert queued.status == JobStatus.failed and queued.error_status == 503
+    model.step_gate.open()
+    watch.wait(running)
+    stopper.join(GATE_TIMEOUT_S)
+    assert running.status == JobStatus.failed and running.error_status == 503 and running.result is None
+    assert "shutting down" in running.error and engine.healthy
+
+
+class HeldModel:
+    """A real model whose 'blocker' request waits at a gate in start(), so the requests submitted
+    meanwhile are all queued when the worker next looks: one batch, deterministically."""
+
+    def __init__(self, model) -> None:
+        self.model = model
+        self.gate = Gate(free=False)
+        self.outputs: dict[int, np.ndarray] = {}
+
+    def __getattr__(self, name):
+        return getattr(self.model, name)
+
+    def start(self, p):
+        if p.prompt == "blocker":
+            self.gate.enter()
+        return self.model.start(p)
+
+    def finish(self, state):
+        out = self.model.finish(state)
+        self.outputs[state.params.seed] = out
+        return out
+
+
+def test_batched_equals_solo_on_the_tiny_model(tiny_dir, make_engine):
+    from stable_audio_service.models.loading import load_model
+
+    real, _ = load_model(Settings(model=str(tiny_dir), skip_memory_check=True))
+    held = HeldModel(real)
+    engine, _, watch = make_engine(held, max_batch_size=4)
+    bodies = [
+        params(seed=100 + i, steps=5, duration=1.0 + 0.5 * (i % 2), prompt=f"sound {i}", guidance_scale=1.0 + 3 * i)
+        for i in range(4)
+    ]
+    bodies[1].negative_prompt = "hiss"
+    blocker = engine.submit(params(seed=1, steps=5, prompt="blocker"))
+    held.gate.wait_arrival()
+    batched = [engine.submit(p) for p in bodies]
+    held.gate.open()
+    watch.wait(blocker, *batched)
+    assert all(j.batch_size == 4 and j.status == JobStatus.done for j in batched)
+    together = {s: held.outputs.pop(s) for s in range(100, 104)}
+    for p in bodies:
+        solo = engine.submit(
+            params(
+                seed=p.seed,
+                steps=5,
+                duration=p.duration,
+                prompt=p.prompt,
+                guidance_scale=p.guidance_scale,
+                negative_prompt=p.negative_prompt,
+            )
+        )
+        watch.wait(solo)
+        assert solo.batch_size == 1
+        assert together[p.seed].shape == (2, int(p.duration * 44100))
+        np.testing.assert_allclose(together[p.seed], held.outputs[p.seed], atol=1e-5)

@@ -37,6 +37,15 @@ class Settings(BaseSettings):
     text_cache_size: int = Field(256, ge=0)
     job_ttl_s: float = Field(3600.0, gt=0)
     max_jobs_kept: int = Field(256, ge=1)
+    max_result_bytes: int = Field(
+        512 * 2**20,
+        ge=0,
+        description="Most bytes of encoded audio kept for finished /jobs results; the oldest results are evicted "
+        "first (the newest one is always kept). /predict results are never kept.",
+    )
+    job_prune_interval_s: float = Field(
+        5.0, gt=0, description="How often finished jobs are checked against the TTL, count and byte limits."
+    )
     max_body_bytes: int = Field(
         12_000_000, ge=1024, description="Largest request body; must hold a base64 upload (4/3 of its bytes)."
     )
@@ -51,6 +60,12 @@ class Settings(BaseSettings):
     )
     max_upload_seconds: float = Field(
         400.0, gt=0, description="Longest audio upload in seconds (after decoding, before resampling)."
+    )
+    max_upload_samples: int = Field(
+        40_000_000,
+        ge=1,
+        description="Most samples (frames x channels, at the file's own rate, as its header declares) an audio "
+        "upload may decode to; checked before decoding. The default holds 400 s of 48 kHz stereo.",
     )
     api_key: str | None = Field(None, description="When set, every route but /health needs 'Authorization: Bearer'.")
     cors_origins: str = Field("", description="Comma-separated origins allowed by CORS; empty: CORS off.")

@@ -5,12 +5,28 @@ others that can share its forward passes (same model batch key: step count and l
 window), and runs them together one denoising step at a time. Between steps it drops
 cancelled requests, publishes progress and expires requests that waited too long.
 The HTTP layer only submits jobs and awaits their events (vLLM-style split).
+
+Memory is bounded by design, not by luck:
+
+- a job submitted with `keep=False` (what `/predict` uses) is forgotten by the engine the
+  moment it ends; only the caller's `Job` reference keeps its result alive;
+- a job's uploads (`params.init_audio`, `params.inpaint_audio`) are dropped once `model.start`
+  has encoded them (the inpainting source is cut to the clip, which `finish` splices), and
+  entirely when the job ends;
+- finished jobs kept for `GET /jobs/{id}` are bounded by count, TTL and total result bytes
+  (oldest evicted first), checked by a janitor thread every `prune_interval_s`.
+
+The worker cannot vanish silently: its whole loop is guarded; an error it cannot absorb marks
+the engine unhealthy (`healthy`, `fatal_reason`), fails every queued and running job with 503,
+stops accepting work and calls `on_fatal(reason)` so the process can exit non-zero and be
+restarted. The janitor also notices a worker thread that ended any other way.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import secrets
 import threading
 import time
@@ -25,6 +41,8 @@ from . import audio as audio_io
 from .models.base import AudioModel, GenerationError, GenerationParams, GenerationState
 
 log = logging.getLogger("stable_audio_service.engine")
+
+WORKER_LOST = "the generation worker stopped unexpectedly; the service is restarting"
 
 
 class JobStatus(StrEnum):
@@ -43,7 +61,7 @@ class QueueFull(RuntimeError):
 
 
 class NotAccepting(RuntimeError):
-    """The engine is shutting down or has no model (HTTP 503)."""
+    """The engine is shutting down, has no model, or its worker died (HTTP 503)."""
 
 
 @dataclass
@@ -57,6 +75,10 @@ class JobResult:
     @property
     def duration(self) -> float:
         return self.num_samples / self.sample_rate
+
+    @property
+    def media_type(self) -> str:
+        return audio_io.MEDIA_TYPES[self.format]
 
 
 @dataclass
@@ -79,6 +101,9 @@ class Job:
     result: JobResult | None = None
     cancel_requested: bool = False
     cancel_reason: str | None = None  # set when the service (not the client) stops the job
+    keep: bool = True  # False: the engine forgets the job when it ends (the caller holds it)
+    batch_key: tuple | None = None  # the model's batch key, computed once by the worker
+    kept_since: float | None = None  # engine clock when it joined the finished jobs (TTL)
     subscribers: list = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     # (name, start_ns, end_ns, attributes) in time.time_ns() clock, for telemetry spans
@@ -87,6 +112,10 @@ class Job:
     def phase(self, name: str, start_ns: int, end_ns: int, **attrs: Any) -> None:
         self.phases.append((name, start_ns, end_ns, attrs))
         self.timings[f"{name}_s"] = round((end_ns - start_ns) / 1e9, 4)
+
+    @property
+    def result_bytes(self) -> int:
+        return len(self.result.data) if self.result is not None else 0
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -113,8 +142,15 @@ class Engine:
         queue_timeout_s: float = 900.0,
         job_ttl_s: float = 3600.0,
         max_jobs_kept: int = 256,
+        max_result_bytes: int | None = 512 * 2**20,
+        prune_interval_s: float = 5.0,
         observer: Callable[[str, Job, dict], None] | None = None,
+        on_fatal: Callable[[str], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """`on_fatal(reason)` is called once, from the dying worker (or the janitor), after every
+        queued and running job was failed; it should make the process exit non-zero.
+        `clock` times the finished-job TTL (tests inject a fake one)."""
         self.model = model
         self.max_batch_size = max_batch_size
         self.batch_wait_s = batch_wait_ms / 1000
@@ -122,40 +158,78 @@ class Engine:
         self.queue_timeout_s = queue_timeout_s
         self.job_ttl_s = job_ttl_s
         self.max_jobs_kept = max_jobs_kept
+        self.max_result_bytes = max_result_bytes
+        self.prune_interval_s = prune_interval_s
         self.observer = observer
+        self.on_fatal = on_fatal
+        self._clock = clock
         self._cond = threading.Condition()
         self._pending: list[Job] = []
         self._running: list[Job] = []
-        self._jobs: OrderedDict[str, Job] = OrderedDict()
+        self._jobs: OrderedDict[str, Job] = OrderedDict()  # every job get() can find
+        self._finished: OrderedDict[str, Job] = OrderedDict()  # the kept finished ones, oldest first
         self._accepting = True
+        self._draining = False
         self._stop = False
+        self._fatal: str | None = None
         self._thread: threading.Thread | None = None
-        self.stats = {"forward_passes": 0, "batches": 0, "requests": 0, "max_batch_seen": 0}
+        self._janitor: threading.Thread | None = None
+        self._halt = threading.Event()
+        self.stats = {
+            "forward_passes": 0,
+            "batches": 0,
+            "requests": 0,
+            "max_batch_seen": 0,
+            "results_evicted": 0,
+        }
 
     # -- lifecycle -------------------------------------------------------------------
     def start(self) -> None:
         self._thread = threading.Thread(target=self._worker, name="stable-audio-engine", daemon=True)
         self._thread.start()
+        self._janitor = threading.Thread(target=self._janitor_loop, name="stable-audio-janitor", daemon=True)
+        self._janitor.start()
 
     @property
     def accepting(self) -> bool:
-        return self._accepting and self._thread is not None and self._thread.is_alive()
+        return self._accepting and self._fatal is None and self._thread is not None and self._thread.is_alive()
+
+    @property
+    def healthy(self) -> bool:
+        """False once the worker died (or its thread is gone without a clean shutdown): the process
+        cannot generate any more and should be restarted. Shutting down is still healthy."""
+        return self.fatal_reason is None
+
+    @property
+    def fatal_reason(self) -> str | None:
+        """Why the engine is unhealthy, or None."""
+        if self._fatal is not None:
+            return self._fatal
+        if self._thread is not None and not self._thread.is_alive() and not self._stop:
+            return "the generation worker thread is gone"
+        return None
+
+    @property
+    def draining(self) -> bool:
+        """Shutdown has begun: no new work, but jobs can still be read and followed."""
+        return self._draining
 
     def shutdown(self, grace_s: float = 30.0) -> None:
-        """Stop taking work, let queued and running work finish within the grace period, answer the rest."""
+        """Stop taking work, let queued and running work finish within the grace period, answer the rest.
+
+        `get` and `subscribe` keep working throughout (and after), so results that finish within
+        the grace period can still be fetched."""
+        end = time.monotonic() + grace_s
         with self._cond:
             self._accepting = False
+            self._draining = True
             self._cond.notify_all()
-        end = time.monotonic() + grace_s
-        while time.monotonic() < end:
-            with self._cond:
-                if not self._pending and not self._running:
-                    break
-            time.sleep(0.05)
-        with self._cond:
+            while (self._pending or self._running) and (left := end - time.monotonic()) > 0:
+                self._cond.wait(timeout=min(left, 0.5))
             leftovers = list(self._pending)
             self._pending.clear()
-            for job in self._running:
+            running = list(self._running)
+            for job in running:
                 job.cancel_reason = "the service is shutting down"
                 job.cancel_requested = True
         for job in leftovers:
@@ -165,13 +239,27 @@ class Engine:
             self._cond.notify_all()
         if self._thread is not None:
             self._thread.join(timeout=max(1.0, end - time.monotonic() + 5))
+        for job in running:  # still inside a long step: answer now; the worker's later end is ignored
+            self._fail(job, "the service is shutting down", 503)
+        self._halt.set()
 
     # -- submitting and querying -----------------------------------------------------
     def submit(
-        self, params: GenerationParams, *, format: str = "wav", client_job_id: str | None = None, context: Any = None
+        self,
+        params: GenerationParams,
+        *,
+        format: str = "wav",
+        client_job_id: str | None = None,
+        context: Any = None,
+        keep: bool = True,
     ) -> Job:
+        """Queue a generation. `keep=False` (for callers that wait for the result themselves, like
+        `/predict`): the engine forgets the job as soon as it ends, so its result lives only as long
+        as the caller's reference; `get()` finds it only while it is queued or running."""
         with self._cond:
             if not self.accepting:
+                if self._fatal is not None:
+                    raise NotAccepting(WORKER_LOST)
                 raise NotAccepting("the engine is not accepting work (shutting down)")
             if len(self._pending) >= self.queue_size:
                 raise QueueFull(f"queue full ({self.queue_size} waiting)")
@@ -184,10 +272,10 @@ class Engine:
                 client_job_id=client_job_id,
                 context=context,
                 deadline=time.monotonic() + self.queue_timeout_s,
+                keep=keep,
             )
             self._jobs[job.id] = job
             self._pending.append(job)
-            self._prune_locked()
             self._cond.notify_all()
             position = len(self._pending)
         self._publish(job, {"type": "queued", "position": position})
@@ -197,6 +285,16 @@ class Engine:
     def get(self, job_id: str) -> Job | None:
         with self._cond:
             return self._jobs.get(job_id)
+
+    def release(self, job: Job) -> None:
+        """The engine forgets `job` (it no longer counts against the limits and `get` no longer finds
+        it); a queued or running job is forgotten when it ends. The caller's `Job` object and its
+        result stay usable: memory is freed when the caller drops it."""
+        with self._cond:
+            job.keep = False
+            if job.status in TERMINAL:
+                self._jobs.pop(job.id, None)
+                self._finished.pop(job.id, None)
 
     def position(self, job: Job) -> int | None:
         """1-based place in the queue, or None once it left the queue."""
@@ -214,8 +312,19 @@ class Engine:
         with self._cond:
             return len(self._running)
 
+    def kept_count(self) -> int:
+        """Finished jobs kept for `get`."""
+        with self._cond:
+            return len(self._finished)
+
+    def result_bytes(self) -> int:
+        """Bytes of encoded audio held by kept finished jobs (bounded by `max_result_bytes`)."""
+        with self._cond:
+            return sum(j.result_bytes for j in self._finished.values())
+
     def cancel(self, job_id: str) -> Job | None:
-        """Queued: removed at once. Running: leaves its batch before the next step."""
+        """Queued: removed at once. Running: leaves its batch before the next step, or, if it is
+        already decoding, ends cancelled when the decode returns (its result is discarded)."""
         with self._cond:
             job = self._jobs.get(job_id)
             if job is None or job.status in TERMINAL:
@@ -227,6 +336,11 @@ class Engine:
         if queued:
             self._finish_cancelled(job)
         return job
+
+    def prune(self) -> int:
+        """Evict finished jobs past the TTL, the count or the byte budget; returns how many went."""
+        with self._cond:
+            return self._prune_locked()
 
     # -- subscriptions (asyncio side) ------------------------------------------------
     def subscribe(self, job: Job) -> asyncio.Queue:
@@ -278,33 +392,74 @@ class Engine:
                 log.exception("observer failed on %s", what)
 
     # -- terminal transitions --------------------------------------------------------
-    def _end(self, job: Job, status: JobStatus, error: str | None = None, code: int | None = None) -> None:
+    def _end(
+        self,
+        job: Job,
+        status: JobStatus,
+        error: str | None = None,
+        code: int | None = None,
+        result: JobResult | None = None,
+    ) -> None:
+        """The one place a job becomes terminal (once; later calls are ignored). A job that
+        finished while a cancel was pending ends cancelled (or 503 when the service stopped it)."""
         with self._cond:
             if job.status in TERMINAL:
                 return
+            if status == JobStatus.done and job.cancel_requested:
+                status, result = JobStatus.failed if job.cancel_reason else JobStatus.cancelled, None
+                error, code = (job.cancel_reason, 503) if job.cancel_reason else ("cancelled", 499)
             job.status = status
             job.error = error
             job.error_status = code
+            job.result = result if status == JobStatus.done else None
             job.finished = time.time()
             job.timings["total_s"] = round(job.finished - job.created, 4)
+            _drop_uploads(job.params)
+            if job.keep:
+                job.kept_since = self._clock()
+                self._finished[job.id] = job
+            else:
+                self._jobs.pop(job.id, None)
             self._prune_locked()
+            self._cond.notify_all()
         self._publish(job, self._terminal_event(job))
-        self._observe(status.value, job)
+        self._observe(job.status.value, job)
 
     def _fail(self, job: Job, error: str, code: int) -> None:
         self._end(job, JobStatus.failed, error, code)
 
     def _finish_cancelled(self, job: Job) -> None:
-        self._end(job, JobStatus.cancelled, "cancelled", 499)
+        if job.cancel_reason:
+            self._fail(job, job.cancel_reason, 503)
+        else:
+            self._end(job, JobStatus.cancelled, "cancelled", 499)
 
-    def _prune_locked(self) -> None:
-        now = time.time()
-        finished = [j for j in self._jobs.values() if j.status in TERMINAL]
-        excess = len(finished) - self.max_jobs_kept
-        for job in finished:
-            if excess > 0 or (job.finished is not None and now - job.finished > self.job_ttl_s):
-                self._jobs.pop(job.id, None)
-                excess -= 1
+    def _forget_locked(self, job: Job) -> None:
+        self._finished.pop(job.id, None)
+        self._jobs.pop(job.id, None)
+        self.stats["results_evicted"] += 1
+
+    def _prune_locked(self) -> int:
+        before = len(self._finished)
+        now = self._clock()
+        for job in list(self._finished.values()):  # oldest first: stop at the first one still fresh
+            if job.kept_since is not None and now - job.kept_since <= self.job_ttl_s:
+                break
+            self._forget_locked(job)
+        while len(self._finished) > self.max_jobs_kept:
+            self._forget_locked(next(iter(self._finished.values())))
+        if self.max_result_bytes is not None:
+            total = sum(j.result_bytes for j in self._finished.values())
+            newest = next(reversed(self._finished.values()), None)
+            for job in list(self._finished.values()):
+                if total <= self.max_result_bytes:
+                    break
+                if job is newest:  # a job never finishes straight into a 404
+                    break
+                if job.result_bytes:
+                    total -= job.result_bytes
+                    self._forget_locked(job)
+        return before - len(self._finished)
 
     # -- the worker ------------------------------------------------------------------
     def _expire_locked(self) -> list[Job]:
@@ -314,6 +469,18 @@ class Engine:
             self._pending.remove(job)
         return expired
 
+    def _key_pending_locked(self) -> list[tuple[Job, Exception]]:
+        """Give every queued job its batch key; a job whose key cannot be computed leaves the queue."""
+        broken = []
+        for job in list(self._pending):
+            if job.batch_key is None:
+                try:
+                    job.batch_key = tuple(self.model.batch_key(job.params))
+                except Exception as exc:
+                    self._pending.remove(job)
+                    broken.append((job, exc))
+        return broken
+
     def _take_batch(self) -> list[Job] | None:
         with self._cond:
             while not self._pending and not self._stop:
@@ -321,20 +488,28 @@ class Engine:
             if self._stop and not self._pending:
                 return None
             expired = self._expire_locked()
+            broken = self._key_pending_locked()
         for job in expired:
             self._fail(job, f"waited in the queue longer than {self.queue_timeout_s:g}s", 503)
+        for job, exc in broken:
+            self._fail_for(job, exc)
+        if broken:
+            return []
         with self._cond:
             if not self._pending:
                 return []
-            key = self.model.batch_key(self._pending[0].params)
+            key = self._pending[0].batch_key
             waited_until = time.monotonic() + self.batch_wait_s
             while True:
-                same = [j for j in self._pending if self.model.batch_key(j.params) == key]
+                broken = self._key_pending_locked()
+                if broken or not self._pending:
+                    break
+                same = [j for j in self._pending if j.batch_key == key]
                 remaining = waited_until - time.monotonic()
                 if len(same) >= self.max_batch_size or remaining <= 0 or not self._accepting:
                     break
                 self._cond.wait(timeout=remaining)
-            batch = [j for j in self._pending if self.model.batch_key(j.params) == key][: self.max_batch_size]
+            batch = [j for j in self._pending if j.batch_key == key][: self.max_batch_size]
             now_ns = time.time_ns()
             for job in batch:
                 self._pending.remove(job)
@@ -344,25 +519,63 @@ class Engine:
                 job.phase("queue", int(job.created * 1e9), now_ns, batch_size=len(batch))
             self._running = list(batch)
             waiting = list(self._pending)
+        for job, exc in broken:
+            self._fail_for(job, exc)
         for pos, job in enumerate(waiting, start=1):
             self._publish(job, {"type": "queued", "position": pos})
         return batch
 
     def _worker(self) -> None:
-        while True:
-            batch = self._take_batch()
-            if batch is None:
+        """The whole loop is guarded: a batch's errors fail that batch; anything else is fatal."""
+        try:
+            while True:
+                batch = self._take_batch()
+                if batch is None:
+                    return
+                if batch:
+                    try:
+                        self._run_batch(batch)
+                    except Exception:  # the worker must survive anything a batch can raise
+                        log.exception("batch failed unexpectedly")
+                        for job in batch:
+                            self._fail(job, "internal error in the generation worker", 500)
+                    finally:
+                        with self._cond:
+                            self._running = []
+                            self._cond.notify_all()
+        except BaseException as exc:
+            log.critical("the generation worker died", exc_info=exc)
+            self._die(f"the generation worker died ({type(exc).__name__}: {_first_line(exc)})")
+
+    def _die(self, reason: str) -> None:
+        """Fail everything in flight, stop accepting, tell the app (once)."""
+        with self._cond:
+            if self._fatal is not None:
                 return
-            if batch:
-                try:
-                    self._run_batch(batch)
-                except Exception:  # the worker must survive anything
-                    log.exception("batch failed unexpectedly")
-                    for job in batch:
-                        self._fail(job, "internal error in the generation worker", 500)
-                finally:
-                    with self._cond:
-                        self._running = []
+            self._fatal = reason
+            self._accepting = False
+            victims = [j for j in self._jobs.values() if j.status not in TERMINAL]
+            self._pending.clear()
+            self._running = []
+            self._cond.notify_all()
+        for job in victims:
+            self._fail(job, WORKER_LOST, 503)
+        self._halt.set()
+        if self.on_fatal is not None:
+            try:
+                self.on_fatal(reason)
+            except Exception:
+                log.exception("on_fatal failed")
+
+    def _janitor_loop(self) -> None:
+        """Prune finished jobs on a timer (not only when work arrives) and watch the worker."""
+        while not self._halt.wait(self.prune_interval_s):
+            try:
+                self.prune()
+                if self._fatal is None and (reason := self.fatal_reason) is not None:
+                    self._die(reason)
+            except Exception:
+                log.exception("janitor failed")
 
     def _run_batch(self, batch: list[Job]) -> None:
         model = self.model
@@ -372,11 +585,15 @@ class Engine:
         self._observe("batch", batch[0], size=len(batch))
         active: list[tuple[Job, GenerationState]] = []
         for job in batch:
+            if job.cancel_requested:
+                self._finish_cancelled(job)
+                continue
             try:
                 t0 = time.time_ns()
                 state = model.start(job.params)
                 job.phase("encode", t0, time.time_ns())
                 job.total_steps = state.total_steps
+                _trim_uploads(job.params, model.sample_rate)
                 active.append((job, state))
             except Exception as exc:
                 self._fail_for(job, exc)
@@ -384,10 +601,9 @@ class Engine:
         while active:
             keep = []
             for job, state in active:
-                if job.cancel_requested and job.cancel_reason:
-                    self._fail(job, job.cancel_reason, 503)
-                elif job.cancel_requested:
+                if job.cancel_requested:
                     self._finish_cancelled(job)
+                    _release_state(model, state)
                 else:
                     keep.append((job, state))
             active = keep
@@ -397,8 +613,9 @@ class Engine:
                 model.step([s for _, s in active])
                 self.stats["forward_passes"] += 1
             except Exception as exc:
-                for job, _ in active:
+                for job, state in active:
                     self._fail_for(job, exc)
+                    _release_state(model, state)
                 active = []
                 break
             for job, state in active:
@@ -409,16 +626,25 @@ class Engine:
         for job, state in active:
             job.phase("denoise", t_denoise, t_denoised, steps=state.total_steps, batch_size=job.batch_size)
             try:
+                if job.cancel_requested:  # cancelled while a batch mate was decoding
+                    self._finish_cancelled(job)
+                    continue
                 t0 = time.time_ns()
                 samples = model.finish(state)
                 t1 = time.time_ns()
                 job.phase("decode", t0, t1)
+                if job.cancel_requested:  # cancelled during its own decode: no result is kept
+                    self._finish_cancelled(job)
+                    continue
                 data = audio_io.encode(samples, model.sample_rate, job.format)
                 job.phase("audio_encode", t1, time.time_ns(), format=job.format)
-                job.result = JobResult(data, job.format, model.sample_rate, samples.shape[0], samples.shape[1])
-                self._end(job, JobStatus.done)
+                result = JobResult(data, job.format, model.sample_rate, samples.shape[0], samples.shape[1])
+                del samples
+                self._end(job, JobStatus.done, result=result)
             except Exception as exc:
                 self._fail_for(job, exc)
+            finally:
+                _release_state(model, state)
         _release_device_memory()
 
     def _sweep_expired(self) -> None:
@@ -431,11 +657,43 @@ class Engine:
         if _is_oom(exc):
             _release_device_memory()
             self._fail(job, "out of memory during generation; retry later or ask for a shorter clip", 503)
-        elif isinstance(exc, GenerationError):
+        elif isinstance(exc, (GenerationError, audio_io.EncodeError)):
             self._fail(job, str(exc), 500)
         else:
             log.error("generation failed: %s: %s", type(exc).__name__, exc, exc_info=exc)
             self._fail(job, f"generation failed ({type(exc).__name__})", 500)
+
+
+def _trim_uploads(params: GenerationParams, sample_rate: int) -> None:
+    """After `model.start` encoded them: the audio-to-audio source is not needed any more; the
+    inpainting source is needed by `finish` (which keeps its unregenerated parts) only up to the
+    clip's end."""
+    params.init_audio = None
+    src = params.inpaint_audio
+    if src is not None:
+        clip = math.ceil(params.duration * sample_rate)
+        if getattr(src, "shape", (0,))[-1] > clip:
+            params.inpaint_audio = src[..., :clip].copy()
+
+
+def _drop_uploads(params: GenerationParams) -> None:
+    params.init_audio = None
+    params.inpaint_audio = None
+
+
+def _release_state(model: AudioModel, state: GenerationState) -> None:
+    """Let a model free a state's buffers early when it offers `release(state)` (optional)."""
+    release = getattr(model, "release", None)
+    if release is not None:
+        try:
+            release(state)
+        except Exception:
+            log.exception("model.release failed")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else "no message"
 
 
 def _is_oom(exc: BaseException) -> bool:
