@@ -6,10 +6,14 @@ import asyncio
 import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from .config import Settings
+
+if TYPE_CHECKING:
+    from .api.schemas import StableAudioRequest
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Stable Audio text-to-audio service and tool.")
 
@@ -45,6 +49,23 @@ def serve(
     serving.run(create_app(settings), settings)  # graceful SIGTERM: answers in-flight work, flushes telemetry
 
 
+def _progress_bar():
+    """The denoising progress bar `generate` shows, in-process or against a server."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(),
+        transient=False,
+    )
+
+
+def _wrote(output: Path, duration: float, sample_rate: int, channels: int, fmt: str, seed: int | None) -> None:
+    typer.echo(f"wrote {output} ({duration:.2f}s, {sample_rate} Hz, {channels} ch, {fmt}, seed {seed})")
+
+
 @app.command()
 def generate(
     prompt: str = typer.Argument(..., help="What to generate."),
@@ -57,15 +78,19 @@ def generate(
     negative_prompt: str | None = typer.Option(None, help="What to steer away from."),
     format: str | None = typer.Option(None, "--format", help="wav, flac, ogg or mp3 (default: from -o)."),
     device: str | None = typer.Option(None, help="auto, cuda, mps or cpu."),
+    server: str | None = typer.Option(
+        None, help="Generate on a running service (e.g. http://127.0.0.1:2009) instead of loading a model here."
+    ),
+    token: str | None = typer.Option(
+        None, envvar="STABLE_AUDIO_API_KEY", help="Bearer token for --server [env STABLE_AUDIO_API_KEY]."
+    ),
 ) -> None:
-    """Generate one clip to a file, with a progress bar, through the same engine as the service."""
+    """Generate one clip to a file, with a progress bar, through the same engine as the service (in this
+    process, or on the service at --server)."""
     from pydantic import ValidationError
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from .api.schemas import StableAudioRequest
     from .audio import format_from_path
-    from .engine import Engine, JobStatus
-    from .models.loading import ModelLoadError, load_model
 
     fmt = format or format_from_path(str(output)) or "wav"
     try:
@@ -80,6 +105,44 @@ def generate(
         )
     except ValidationError as exc:
         _fail("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()))
+    if server is not None:
+        if model is not None or device is not None:
+            _fail("--model and --device choose a model to load here; with --server the service's model is used")
+        _generate_remote(body, output, server, token)
+    else:
+        _generate_local(body, output, model, device)
+
+
+def _generate_remote(body: StableAudioRequest, output: Path, server: str, token: str | None) -> None:
+    """`generate --server`: the same request through the Python client, progress from the job's events."""
+    import httpx
+
+    from .client import JobEvent, StableAudioClient, StableAudioError
+
+    params = body.model_dump(exclude_none=True, exclude={"prompt"})
+    try:
+        with StableAudioClient(server, token=token) as client, _progress_bar() as bar:
+            task = bar.add_task("denoising", total=body.num_inference_steps)
+
+            def progress(event: JobEvent) -> None:
+                if event.type == "step":
+                    bar.update(task, completed=event.step, total=event.total)
+
+            result = client.generate(body.prompt, on_progress=progress, **params)
+    except StableAudioError as exc:
+        _fail(exc.message)
+    except httpx.HTTPError as exc:
+        _fail(f"cannot reach {server}: {exc}")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    result.save(output)
+    _wrote(output, result.duration, result.sample_rate, result.channels, result.format, result.seed)
+
+
+def _generate_local(body: StableAudioRequest, output: Path, model: str | None, device: str | None) -> None:
+    """`generate` without --server: load the model here and run the request through an engine."""
+    from .engine import Engine, JobStatus
+    from .models.loading import ModelLoadError, load_model
+
     settings = _settings(model=model, device=device)
     try:
         loaded, _info = load_model(settings)
@@ -98,13 +161,7 @@ def generate(
     async def run() -> None:
         job = engine.submit(params, format=resolved.format)
         events = engine.subscribe(job)
-        with Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            TextColumn("{task.completed}/{task.total}"),
-            TimeElapsedColumn(),
-            transient=False,
-        ) as bar:
+        with _progress_bar() as bar:
             task = bar.add_task("denoising", total=params.num_inference_steps)
             while True:
                 event = await events.get()
@@ -116,10 +173,8 @@ def generate(
             _fail(job.error or job.status.value)
         output.parent.mkdir(parents=True, exist_ok=True)
         output.write_bytes(job.result.data)
-        typer.echo(
-            f"wrote {output} ({job.result.duration:.2f}s, {job.result.sample_rate} Hz, "
-            f"{job.result.channels} ch, {fmt}, seed {job.params.seed})"
-        )
+        res = job.result
+        _wrote(output, res.duration, res.sample_rate, res.channels, resolved.format, job.params.seed)
 
     try:
         asyncio.run(run())
