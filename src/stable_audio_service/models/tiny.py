@@ -117,14 +117,16 @@ def build_tiny_open1(seed: int = 0):
     )
 
 
-def make_tiny(directory: str | Path, family: str = "open-1.0", seed: int = 0) -> Path:
-    """Write a tiny pipeline to `directory` with `save_pretrained` (model_index.json + component folders)."""
-    builders = {"open-1.0": build_tiny_open1, "sa3": build_tiny_sa3}
-    if family not in builders:
-        raise ValueError(f"unknown family {family!r}; one of {', '.join(builders)}")
+def make_tiny(directory: str | Path, family: str = "open-1.0", seed: int = 0, structure: str = "small") -> Path:
+    """Write a tiny random-weight model to `directory`: Stable Audio Open 1.0 in the diffusers layout
+    (`save_pretrained`), Stable Audio 3 in Stability's official format (`structure` small or medium)."""
     out = Path(directory)
+    if family == "sa3":
+        return write_tiny_sa3(out, structure=structure, seed=seed)
+    if family != "open-1.0":
+        raise ValueError(f"unknown family {family!r}; one of open-1.0, sa3")
     out.mkdir(parents=True, exist_ok=True)
-    builders[family](seed).save_pretrained(out)
+    build_tiny_open1(seed).save_pretrained(out)
     return out
 
 
@@ -240,3 +242,192 @@ def build_tiny_sa3(seed: int = 0):
         transformer=transformer,
         scheduler=scheduler,
     )
+
+
+# -- Stable Audio 3, official format ----------------------------------------------------------------------
+
+SA3_TEXT_FOLDER = "t5gemma-b-b-ul2"
+
+
+def _same_config(structure: str, kind: str) -> dict:
+    """A tiny SAME encoder/decoder config with the real hop (patch 256 x stride 16) and the real attention mode
+    of each structure: SAME-S chunks with a midpoint shift, SAME-L a +-1 segment band."""
+    cfg: dict = {
+        "channels": 8,
+        "c_mults": [4],
+        "strides": [16],
+        "latent_dim": 16,
+        "transformer_depths": [2],
+        "checkpointing": False,
+        "differential": True,
+        "dyt": True,
+        "dim_heads": 16,
+        "variable_stride": True,
+        "chunk_size": 32,
+    }
+    if structure == "medium":
+        cfg.update(sliding_window=[1, 1], chunk_midpoint_shift=False, conv_mapping=False)
+    else:
+        cfg.update(chunk_midpoint_shift=True, conv_mapping=kind == "decoder")
+    if kind == "encoder":
+        cfg.update(in_channels=512, mask_noise=0.0)
+    else:
+        cfg.update(out_channels=512, sinusoidal_blocks=[1] if structure == "medium" else [0], mask_noise=0.01)
+    return cfg
+
+
+def tiny_sa3_config(structure: str = "small") -> dict:
+    """`model_config.json` of a tiny SA3 checkpoint in Stability's schema. The text width stays 768 because
+    Stability's `T5GemmaConditioner` hard-codes it; everything else is tiny. `sample_size` is the real one of
+    the structure (small 120 s, medium 380 s) so the limits look like the real model's."""
+    if structure not in ("small", "medium"):
+        raise ValueError(f"unknown structure {structure!r}; one of small, medium")
+    latent = 16
+    return {
+        "model_type": "diffusion_cond_inpaint",
+        "sample_size": 5292032 if structure == "small" else 16777216,
+        "sample_rate": 44100,
+        "audio_channels": 2,
+        "model": {
+            "pretransform": {
+                "type": "autoencoder",
+                "chunked": True,
+                "config": {
+                    "encoder": {"type": "same", "config": _same_config(structure, "encoder")},
+                    "decoder": {"type": "same", "config": _same_config(structure, "decoder")},
+                    "bottleneck": {
+                        "type": "softnorm",
+                        "config": {
+                            "dim": latent,
+                            "noise_augment_dim": 0,
+                            "noise_regularize": True,
+                            "auto_scale": True,
+                            "freeze": True,
+                        },
+                    },
+                    "pretransform": {"type": "patched", "config": {"channels": 2, "patch_size": 256}},
+                    "latent_dim": latent,
+                    "downsampling_ratio": 4096,
+                    "io_channels": 2,
+                },
+            },
+            "conditioning": {
+                "configs": [
+                    {
+                        "id": "prompt",
+                        "type": "t5gemma",
+                        "config": {
+                            "max_length": 256,
+                            "padding_mode": "learned",
+                            "model_path": ".",
+                            "subfolder": SA3_TEXT_FOLDER,
+                        },
+                    },
+                    {
+                        "id": "seconds_total",
+                        "type": "number",
+                        "config": {"min_val": 0, "max_val": 384, "fourier_features_type": "expo"},
+                    },
+                ],
+                "cond_dim": 768,
+            },
+            "diffusion": {
+                "type": "dit",
+                "diffusion_objective": "rf_denoiser",
+                "cross_attention_cond_ids": ["prompt", "seconds_total"],
+                "global_cond_ids": ["seconds_total"],
+                "local_add_cond_ids": ["inpaint_mask", "inpaint_masked_input"],
+                "mask_padding_attention": True,
+                "use_effective_length_for_schedule": True,
+                "config": {
+                    "io_channels": latent,
+                    "patch_size": 1,
+                    "embed_dim": 64,
+                    "depth": 2,
+                    "num_heads": 1,
+                    "cond_token_dim": 768,
+                    "global_cond_dim": 768,
+                    "local_add_cond_dim": latent + 1,
+                    "project_cond_tokens": True,
+                    "project_global_cond": True,
+                    "transformer_type": "continuous_transformer",
+                    "global_cond_type": "adaLN",
+                    "timestep_features_type": "expo",
+                    "timestep_features_dim": 32,
+                    "timestep_features_logsnr": False,
+                    "num_memory_tokens": 4,
+                    "attn_kwargs": {"qk_norm": "rms", "differential": structure == "medium"},
+                    "norm_type": "rms_norm",
+                    "norm_kwargs": {"force_fp32": True},
+                    "ff_kwargs": {"mult": 2},
+                },
+            },
+            "io_channels": latent,
+        },
+    }
+
+
+def write_tiny_sa3(directory: Path, structure: str = "small", seed: int = 0) -> Path:
+    """Write a random-weight SA3 checkpoint as Stability publishes one: model_config.json, model.safetensors
+    (`model.model.*`, `pretransform.model.*`, `conditioner.conditioners.*`) and the T5Gemma folder (config,
+    weights, a tokenizer built offline). It loads through the same path as the real checkpoints."""
+    import json
+
+    from safetensors.torch import save_file
+    from transformers import T5GemmaConfig, T5GemmaEncoderModel
+
+    from .stable_audio_3.autoencoder import SameAutoencoder
+    from .stable_audio_3.config import parse_config
+    from .stable_audio_3.dit import DiffusionTransformer
+
+    raw = tiny_sa3_config(structure)
+    config = parse_config(raw)
+    directory.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
+
+    def randn(*shape: int, scale: float = 1.0) -> torch.Tensor:
+        return torch.randn(*shape, generator=generator) * scale
+
+    dit = DiffusionTransformer(config.dit)
+    state = {f"model.model.{k}": v.clone() for k, v in dit.state_dict().items()}
+    for key, value in state.items():
+        if key.endswith("to_scale_shift_gate") or key.endswith("memory_tokens"):
+            state[key] = randn(*value.shape, scale=value.shape[-1] ** -0.5)
+    autoencoder = SameAutoencoder.from_config(raw)
+    ae_state = {k: v.clone() for k, v in autoencoder.state_dict().items()}
+    # Weight-normed convolutions start with v = 0 (a NaN weight) and new tokens at 0: draw them; the decoder's
+    # output mapping gets a small gain so the noise it makes stays well inside [-1, 1].
+    last_decoder = max(int(k.split(".")[2]) for k in ae_state if k.startswith("decoder.layers."))
+    for key, value in ae_state.items():
+        if key.endswith("weight_v") or key.endswith("new_tokens"):
+            ae_state[key] = randn(*value.shape, scale=value[0].numel() ** -0.5)
+        elif key == f"decoder.layers.{last_decoder}.mapping.weight_g":
+            ae_state[key] = torch.full_like(value, 0.1)
+    state.update({f"pretransform.model.{k}": v for k, v in ae_state.items()})
+    state["conditioner.conditioners.seconds_total.embedder.embedding.1.weight"] = randn(768, 256, scale=256**-0.5)
+    state["conditioner.conditioners.seconds_total.embedder.embedding.1.bias"] = randn(768, scale=0.05)
+    state["conditioner.conditioners.prompt.padding_embedding"] = randn(768, scale=0.02)
+    save_file({k: v.contiguous() for k, v in state.items()}, str(directory / "model.safetensors"))
+    (directory / "model_config.json").write_text(json.dumps(raw, indent=2))
+
+    text_dir = directory / SA3_TEXT_FOLDER
+    tokenizer = build_gemma_tokenizer(model_max_length=256)
+    tokenizer.padding_side = "right"  # as the fixtures' tokenizer (Stability's conditioner pads to max_length)
+    module = {
+        "vocab_size": len(tokenizer),
+        "hidden_size": 768,
+        "intermediate_size": 32,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "num_key_value_heads": 1,
+        "head_dim": 16,
+        "query_pre_attn_scalar": 16,
+        "sliding_window": 4096,
+        "max_position_embeddings": 512,
+        "layer_types": ["sliding_attention", "full_attention"],
+    }
+    text_config = T5GemmaConfig(encoder=module, decoder=module, is_encoder_decoder=False, vocab_size=len(tokenizer))
+    T5GemmaEncoderModel(text_config).save_pretrained(str(text_dir))
+    tokenizer.save_pretrained(str(text_dir))
+    return directory

@@ -27,8 +27,12 @@ from .dit import expo_fourier_features
 class EncodedText:
     """One prompt's conditioner output before padding: its valid rows (or all rows for padding mode 'none')."""
 
-    rows: torch.Tensor  # (n, dim) float32, n = tokens kept
-    n_valid: int
+    rows: torch.Tensor  # (n, dim) float32: the rows of the valid tokens, or all rows for padding mode "none"
+    mask: torch.Tensor  # (max_length,) bool: the tokenizer's attention mask (padding may be on either side)
+
+    @property
+    def n_valid(self) -> int:
+        return int(self.mask.sum())
 
 
 class DurationConditioner(nn.Module):
@@ -123,10 +127,10 @@ class TextConditioner(nn.Module):
         hidden = self.encoder(input_ids=ids.to(device), attention_mask=mask.to(device))["last_hidden_state"]
         if isinstance(self.proj_out, nn.Linear):
             hidden = self.proj_out(hidden.to(self.proj_out.weight.dtype).to(self.proj_out.weight.device))
-        n_valid = int(mask.sum())
-        # right padding (the tokenizer's padding_side): the valid tokens are the first n_valid rows
-        keep = hidden.shape[1] if self.cfg.padding_mode == "none" else n_valid
-        out = EncodedText(hidden[0, :keep].float().cpu().clone(), n_valid)
+        hidden = hidden[0].float().cpu()
+        mask = mask[0]
+        rows = hidden.clone() if self.cfg.padding_mode == "none" else hidden[mask].clone()
+        out = EncodedText(rows, mask)
         self.cache.put(text, out)
         return out
 
@@ -134,10 +138,14 @@ class TextConditioner(nn.Module):
         """(1, max_length, dim): the conditioner's output (padded rows by `padding_mode`). A negative prompt's
         padded rows are zero instead: Stability's DiT replaces masked negative tokens with the null embedding."""
         length, dim = self.cfg.max_length, self.output_dim
-        if encoded.rows.shape[0] == length and not negative:
-            return encoded.rows.unsqueeze(0)
+        mask = encoded.mask
+        if encoded.rows.shape[0] == length:  # padding mode "none": the encoder's own rows everywhere
+            out = encoded.rows.clone().unsqueeze(0)
+            if negative:
+                out[0, ~mask] = 0.0
+            return out
         out = torch.zeros(1, length, dim, dtype=torch.float32)
-        out[0, : encoded.n_valid] = encoded.rows[: encoded.n_valid]
+        out[0, mask] = encoded.rows
         if not negative and self.cfg.padding_mode == "learned":
-            out[0, encoded.n_valid :] = self.padding_embedding.detach().float().cpu()
+            out[0, ~mask] = self.padding_embedding.detach().float().cpu()
         return out

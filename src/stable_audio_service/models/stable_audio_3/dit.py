@@ -269,12 +269,12 @@ class ContinuousTransformer(nn.Module):
         local_add_cond: torch.Tensor | None,
         padding_mask: torch.Tensor | None,
     ) -> torch.Tensor:
+        """`global_cond` is already through `global_cond_embedder` (the caller runs it per request)."""
         batch = x.shape[0]
         x = self.project_in(x)
         if self.num_memory_tokens:
             x = torch.cat((self.memory_tokens.expand(batch, -1, -1), x), dim=1)
         rotary = self.rotary_pos_emb(x.shape[1])
-        global_cond = self.global_cond_embedder(global_cond)
         value_mask = None
         if padding_mask is not None:
             memory_valid = torch.ones(batch, self.num_memory_tokens, device=x.device, dtype=torch.bool)
@@ -320,18 +320,26 @@ class DiffusionTransformer(nn.Module):
         global_cond: torch.Tensor,
         local_add_cond: torch.Tensor | None = None,
         padding_mask: torch.Tensor | None = None,
+        row_groups: list[int] | None = None,
     ) -> torch.Tensor:
+        """`row_groups`: rows per request (1, or 2 under guidance), in order. The per-request vectors (timestep and
+        global embeddings) are then projected request by request: a matrix product over 1 row and over several
+        rounds differently, and each request must get exactly the numbers of its solo (official) forward."""
         dtype = self.preprocess_conv.weight.dtype
         x = x.to(dtype)
         t = t.float()  # the official code keeps t in float32 whatever the weights' dtype
         context = self.to_cond_embed(context.to(dtype))
-        global_embed = self.to_global_embed(global_cond.to(dtype))
         if local_add_cond is not None:
             local_add_cond = local_add_cond.to(dtype).transpose(1, 2)
         t_cond = (self._logsnr_cond(t) if self.cfg.timestep_features_logsnr else t).to(dtype)
         features = expo_fourier_features(t_cond[:, None], self.cfg.timestep_features_dim)
-        global_embed = global_embed + self.to_timestep_embed(features)
+        global_cond = global_cond.to(dtype)
+        groups = row_groups or [x.shape[0]]
+        embedded = []
+        for g_rows, f_rows in zip(global_cond.split(groups), features.split(groups), strict=True):
+            global_embed = self.to_global_embed(g_rows) + self.to_timestep_embed(f_rows)
+            embedded.append(self.transformer.global_cond_embedder(global_embed))
         x = self.preprocess_conv(x) + x
-        out = self.transformer(x.transpose(1, 2), context, global_embed, local_add_cond, padding_mask)
+        out = self.transformer(x.transpose(1, 2), context, torch.cat(embedded), local_add_cond, padding_mask)
         out = out.transpose(1, 2)
         return self.postprocess_conv(out) + out

@@ -368,8 +368,9 @@ class StableAudio3Model(AudioModel[SA3State]):
                 masks.append(state.padding_mask)
             rows.append((cond_row, cond_row + 1 if state.uncond_context is not None else None))
         local = None if locals_[0] is None else torch.cat(locals_)
+        groups = [1 if u is None else 2 for _, u in rows]
         out = self.dit(
-            torch.cat(xs), torch.cat(ts), torch.cat(contexts), torch.cat(globals_), local, torch.cat(masks)
+            torch.cat(xs), torch.cat(ts), torch.cat(contexts), torch.cat(globals_), local, torch.cat(masks), groups
         ).float()
         for state, (c, u) in zip(states, rows, strict=True):
             i = state.step
