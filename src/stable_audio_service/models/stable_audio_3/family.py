@@ -76,6 +76,13 @@ def sa3_limits(config: SA3Config, name: str, max_duration: float | None = None) 
     )
 
 
+def longest_clip(path: Path) -> float:
+    """The checkpoint's longest clip in seconds (`sample_size // sample_rate` of its model_config.json)."""
+    from .checkpoint import CONFIG_FILE, read_config
+
+    return read_config(Path(path) / CONFIG_FILE).longest_clip_s
+
+
 def sa3_capabilities(config: SA3Config) -> Capabilities:
     return Capabilities(
         audio_to_audio=True,
