@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Hashable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -142,9 +142,9 @@ class SA3State(GenerationState):
     cfg_scale: float
     apg_scale: float
     inpaint_keep: np.ndarray | None = None  # per output sample: True where the source is returned as is
+    inpaint_source: np.ndarray | None = None  # (channels, output samples): the source, kept past drop_uploads()
     denoised: torch.Tensor | None = None  # the last step's prediction (the final latents after the last step)
     noise: torch.Tensor | None = None  # the last step's re-noising draw
-    extras: dict[str, Any] = field(default_factory=dict)
 
 
 class StableAudio3Model(AudioModel[SA3State]):
@@ -315,7 +315,7 @@ class StableAudio3Model(AudioModel[SA3State]):
             x = init * (1 - sigma_max) + noise * sigma_max
 
         local = None
-        keep = None
+        keep = kept_source = None
         if self.config.local_add_ids:
             mask = torch.zeros(1, 1, win.latent_length, device=self.device)
             masked = torch.zeros(latent_shape, device=self.device)
@@ -332,6 +332,8 @@ class StableAudio3Model(AudioModel[SA3State]):
                 )
                 masked = self._encode_source(source, win) * mask
                 keep = kept_samples(win.output_samples, int(source.shape[-1]), regions, self.sample_rate)
+                wave = self._waveform(source, win.output_samples)[0].float().clamp(-1, 1)
+                kept_source = wave.cpu().numpy()
             local = torch.cat([mask, masked], dim=1)
         elif params.inpaint_audio is not None:
             raise GenerationError("this checkpoint has no inpainting conditioning")
@@ -353,6 +355,7 @@ class StableAudio3Model(AudioModel[SA3State]):
             cfg_scale=cfg_scale,
             apg_scale=apg_scale,
             inpaint_keep=keep,
+            inpaint_source=kept_source,
         )
 
     @torch.no_grad()
@@ -408,18 +411,12 @@ class StableAudio3Model(AudioModel[SA3State]):
     @torch.no_grad()
     def finish(self, state: SA3State) -> np.ndarray:
         audio = self.decode(state).to(torch.float32).clamp(-1, 1)[0, :, : state.window.output_samples]
-        params = state.params
         result = to_audio(audio)
-        if self.keep_inpaint_source and state.inpaint_keep is not None and params.inpaint_audio is not None:
-            source = np.zeros_like(result)
-            n = min(result.shape[-1], params.inpaint_audio.shape[-1])
-            src = np.asarray(params.inpaint_audio, dtype=np.float32)
-            if src.ndim == 1:
-                src = src[None]
-            source[:, :n] = src[: result.shape[0], :n] if src.shape[0] >= result.shape[0] else src[:1, :n]
-            result = np.where(state.inpaint_keep[None, :], np.clip(source, -1.0, 1.0), result).astype(np.float32)
+        if self.keep_inpaint_source and state.inpaint_keep is not None and state.inpaint_source is not None:
+            result = np.where(state.inpaint_keep[None, :], state.inpaint_source, result).astype(np.float32)
         state.x = state.context = state.global_cond = state.padding_mask = torch.empty(0)
         state.uncond_context = state.local_cond = state.denoised = state.noise = None
+        state.inpaint_keep = state.inpaint_source = None
         return result
 
     def describe(self) -> dict[str, Any]:
