@@ -359,7 +359,7 @@
     const strength = $("strength");
     if (caps.noise) {
       const lo = caps.noise.minimum ?? caps.noise.minimum_exclusive ?? 0;
-      const step = Number(strength.step) || 0.05;
+      const step = Number(strength.step) || 0.01;
       strength.min = lo > 0 ? lo : step; // 0 would keep the source unchanged; the service wants > 0
       strength.max = caps.noise.maximum ?? 1;
       if (!strength.dataset.touched) strength.value = caps.noise.default ?? 0.6;
@@ -1668,12 +1668,13 @@
     movePlayhead();
   }
 
+  let playheadFrame = 0;
   function movePlayhead() {
     const player = $("source-player");
-    const head = $("playhead");
     if (!state.source) return;
-    head.style.left = `${(Math.min(player.currentTime || 0, viewSeconds()) / viewSeconds()) * 100}%`;
-    if (!player.paused) requestAnimationFrame(movePlayhead);
+    $("playhead").style.left = `${(Math.min(player.currentTime || 0, viewSeconds()) / viewSeconds()) * 100}%`;
+    cancelAnimationFrame(playheadFrame); // one animation loop, however many events asked for one
+    playheadFrame = player.paused ? 0 : requestAnimationFrame(movePlayhead);
   }
 
   // The source's pictures, on the output's timeline: what the request will do to each stretch is shaded.
@@ -1691,11 +1692,11 @@
     return zones;
   }
 
-  function drawSource() {
+  function drawSource({ spectrogram = true } = {}) {
     if (!state.source || $("source").hidden) return;
     const view = viewSeconds();
     drawWaveform($("source-waveform"), state.source.decoded, { view, zones: sourceZones() });
-    drawSpectrogram($("source-spectrogram"), state.source.decoded);
+    if (spectrogram) drawSpectrogram($("source-spectrogram"), state.source.decoded);
     renderRegionOverlay();
     movePlayhead();
     const caption = $("source-wave-caption");
@@ -1774,8 +1775,15 @@
         $("history-empty").textContent = `History is not available here (${err.message}).`;
         return;
       }
-      for (const url of state.historyUrls.values()) URL.revokeObjectURL(url);
-      state.historyUrls.clear();
+      // A re-render keeps the object URLs of entries still listed: revoking one an <audio> is still
+      // loading from would fail that load. Only URLs of entries gone are revoked.
+      const keep = new Set(items.map((e) => e.id));
+      for (const [id, url] of state.historyUrls) {
+        if (!keep.has(id)) {
+          URL.revokeObjectURL(url);
+          state.historyUrls.delete(id);
+        }
+      }
       const ol = $("history");
       ol.replaceChildren(...items.map(item));
       $("history-empty").hidden = items.length > 0;
@@ -1804,7 +1812,7 @@
         (e.edit ? `${editText(e)} · ` : "") +
         `${fmt(e.duration)} s · ${e.num_inference_steps} steps · guidance ${fmt(e.guidance_scale)} · ` +
         `seed ${e.seed} · ${e.format} · ${when}`;
-      const url = URL.createObjectURL(e.blob);
+      const url = state.historyUrls.get(e.id) || URL.createObjectURL(e.blob);
       state.historyUrls.set(e.id, url);
       const audio = document.createElement("audio");
       audio.controls = true;
@@ -1915,7 +1923,7 @@
     $("duration").addEventListener("input", () => {
       if (state.mode === "text") return;
       durationHint();
-      drawSource();
+      drawSource({ spectrogram: false }); // only the timeline changed
     });
     const layer = $("region-layer");
     layer.addEventListener("pointerdown", onLayerDown);
