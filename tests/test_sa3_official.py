@@ -315,3 +315,16 @@ def test_limits_for_base_checkpoints_and_operator_cap(tmp_path_factory):
     assert (post.guidance_scale.default, post.num_inference_steps.default) == (1.0, 8)
     assert (base.guidance_scale.default, base.num_inference_steps.default) == (7.0, 50)
     assert base.duration.maximum == 30 and post.duration.minimum == 0.1
+
+
+def test_memory_estimate_grows_with_clip_and_dtype(tiny_small):
+    from stable_audio_service.models.stable_audio_3.family import count_parameters, memory_estimate
+
+    parts = count_parameters(tiny_small)
+    assert parts["dit"] > 0 and parts["autoencoder"] > 0 and parts["text_encoder"] > 0
+    w32, short = memory_estimate(tiny_small, torch.float32, 10)
+    w16, _ = memory_estimate(tiny_small, torch.float16, 10)
+    _, long = memory_estimate(tiny_small, torch.float32, 120)
+    assert long > short and w16 < w32
+    # the text encoder stays float32 whatever the serving dtype
+    assert w32 - w16 == (parts["dit"] + parts["autoencoder"] + parts["conditioners"]) * 2
