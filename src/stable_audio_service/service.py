@@ -201,6 +201,7 @@ def capabilities(model: AudioModel, settings: Settings) -> dict[str, Any]:
         "uploads": {
             "max_bytes": settings.max_upload_bytes,
             "max_seconds": settings.max_upload_seconds,
+            "max_body_bytes": settings.max_body_bytes,
             "formats": list(audio_io.FORMATS),
         },
     }
