@@ -85,8 +85,7 @@ def generate(
         None, envvar="STABLE_AUDIO_API_KEY", help="Bearer token for --server [env STABLE_AUDIO_API_KEY]."
     ),
 ) -> None:
-    """Generate one clip to a file, with a progress bar, through the same engine as the service (in this
-    process, or on the service at --server)."""
+    """Generate one clip to a file, with a progress bar: here, or on a running service with --server."""
     from pydantic import ValidationError
 
     from .api.schemas import StableAudioRequest
