@@ -82,7 +82,9 @@ class LiveServer:
 
 
 def pytest_sessionfinish(session, exitstatus):
+    """RELIABILITY.md is rewritten only by `./run reliability` (python -m tests.reliability_report),
+    never by an ordinary run, and only when every recording test passed."""
     from . import reliability_report
 
-    if reliability_report.FIGURES and exitstatus == 0:
-        reliability_report.write(Path(__file__).resolve().parent.parent / "RELIABILITY.md")
+    if reliability_report.requested() and exitstatus == 0:
+        reliability_report.write()

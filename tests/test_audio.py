@@ -22,9 +22,12 @@ import soundfile as sf
 from stable_audio_service import audio as audio_io
 from stable_audio_service.config import Settings
 
+from .reliability_report import record
+
 SR = 44100
 LONGEST_S = 400  # beyond the longest clip any model allows (SA3 medium: 380 s)
 MIB = 2**20
+UPLOADS = "Uploads and long clips (audio.encode / audio.decode_upload)"
 
 
 def child(script: str, *args: str, timeout: float = 300) -> dict:
@@ -61,6 +64,11 @@ def test_400_s_ogg_and_mp3_encode_and_decode_to_the_right_length():
     for fmt, r in results.items():
         assert r["channels"] == 2, fmt
         assert r["frames"] == r["decoded"] == LONGEST_S * SR, (fmt, r)
+        record(
+            UPLOADS,
+            f"{LONGEST_S} s stereo 44.1 kHz encoded as {fmt} (child process)",
+            f"{r['bytes'] / MIB:.1f} MiB, decodes to {r['decoded']} frames",
+        )
 
 
 @pytest.mark.parametrize("fmt", ["wav", "flac"])
@@ -292,6 +300,11 @@ def test_flac_bomb_is_refused_from_its_header_with_the_default_limit(bombs, meas
     r = measured[("flac", "default")]
     assert "612864000 samples" in r["error"] and f"the limit is {Settings().max_upload_samples}" in r["error"]
     assert r["peak_growth_mib"] < 64
+    record(
+        UPLOADS,
+        f"FLAC bomb ({bombs['flac'].stat().st_size // 1024} KiB: 8 ch, 192 kHz, 399 s), default limits",
+        f"refused from the header; peak RSS growth {r['peak_growth_mib']:.1f} MiB",
+    )
 
 
 @pytest.mark.parametrize("name", list(BOMBS))
@@ -305,3 +318,9 @@ def test_bomb_with_a_one_second_clip_decodes_about_one_second(measured, name):
     assert r["decoded_frames"] <= rate + audio_io.resample_margin(rate, SR) + 1  # ... and what was decoded
     # a full decode would take frames x channels x 4 bytes (2.3 GiB for the FLAC)
     assert r["peak_growth_mib"] < 128, r
+    rate, channels, seconds = BOMBS[name][:3]
+    record(
+        UPLOADS,
+        f"{name} bomb ({channels} ch, {rate} Hz, {seconds:g} s), sample cap lifted, 1 s clip",
+        f"decoded {r['decoded_frames']} of {r['frames']} frames; peak RSS growth {r['peak_growth_mib']:.1f} MiB",
+    )
