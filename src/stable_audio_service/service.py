@@ -141,11 +141,11 @@ def decode_upload(field: str, value: str, model: AudioModel, duration: float, se
             model.channels,
             max_bytes=settings.max_upload_bytes,
             max_seconds=settings.max_upload_seconds,
+            max_samples=settings.max_upload_samples,
+            usable_samples=usable,
         )
     except audio_io.UploadError as exc:
         raise RequestError(field, str(exc)) from None
-    if audio.shape[-1] > usable:
-        audio = audio[:, :usable].copy()
     return audio
 
 

@@ -8,6 +8,9 @@ On SIGTERM (systemd stop) or Ctrl-C:
    set longer than the grace period;
 3. the lifespan exit stops the worker and flushes telemetry; after the server stops, the providers are shut down
    (spans, metrics and logs flushed) and the process exits 0.
+
+If the engine's worker dies (it should not: it guards its whole loop), the server stops the same way but the
+process exits 70 (EX_SOFTWARE), so systemd's `Restart=on-failure` brings the service back.
 """
 
 from __future__ import annotations
@@ -60,10 +63,18 @@ def run(app, settings: Settings) -> None:
         timeout_graceful_shutdown=int(grace + DRAIN_MARGIN_S),
     )
     server = GracefulServer(config, on_stop=lambda: state.shutdown(grace))
+
+    def on_fatal(reason: str) -> None:
+        server.should_exit = True
+
+    state.fatal_hooks.append(on_fatal)
     try:
         server.run()
     finally:
         telemetry.shutdown()
     if not server.started:
         sys.exit(3)
+    if state.fatal_reason is not None:
+        log.critical("exiting 70 so the service manager restarts it: %s", state.fatal_reason)
+        sys.exit(70)
     log.info("stopped cleanly")

@@ -56,30 +56,56 @@ def validation_details(errors: Any) -> list[dict]:
 class ServiceState:
     """What the routes need: the model's load status, the engine, the settings."""
 
-    def __init__(self, settings: Settings, loader: Callable[[Settings], tuple[Any, Any]]) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        loader: Callable[[Settings], tuple[Any, Any]],
+        engine_factory: Callable[[Any, Settings], Any] | None = None,
+    ) -> None:
         self.settings = settings
         self.loader = loader
+        # None: a local Engine; ray_serve.py passes a proxy to the engines of its model replicas
+        self.engine_factory = engine_factory
         self.status = "loading"
         self.reason: str | None = "the model is loading"
         self.model: Any = None
         self.info: Any = None
         self.engine: Engine | None = None
         self.loaded = threading.Event()
+        # Called with the reason when the engine's worker dies: serving.run stops the server and exits
+        # non-zero so systemd restarts the service (in-process tests just see /health turn 503).
+        self.fatal_hooks: list[Callable[[str], None]] = []
+        self.fatal_reason: str | None = None
+
+    def fatal(self, reason: str) -> None:
+        self.fatal_reason = reason
+        log.critical("the generation engine died: %s; the service must be restarted", reason)
+        for hook in list(self.fatal_hooks):
+            try:
+                hook(reason)
+            except Exception:
+                log.exception("fatal hook failed")
 
     def load(self) -> None:
         started = time.perf_counter()
         try:
             model, info = self.loader(self.settings)
-            engine = Engine(
-                model,
-                max_batch_size=self.settings.max_batch_size,
-                batch_wait_ms=self.settings.batch_wait_ms,
-                queue_size=self.settings.queue_size,
-                queue_timeout_s=self.settings.queue_timeout_s,
-                job_ttl_s=self.settings.job_ttl_s,
-                max_jobs_kept=self.settings.max_jobs_kept,
-                observer=telemetry.observer_for(model),
-            )
+            if self.engine_factory is not None:
+                engine = self.engine_factory(model, self.settings)
+            else:
+                engine = Engine(
+                    model,
+                    max_batch_size=self.settings.max_batch_size,
+                    batch_wait_ms=self.settings.batch_wait_ms,
+                    queue_size=self.settings.queue_size,
+                    queue_timeout_s=self.settings.queue_timeout_s,
+                    job_ttl_s=self.settings.job_ttl_s,
+                    max_jobs_kept=self.settings.max_jobs_kept,
+                    max_result_bytes=self.settings.max_result_bytes,
+                    prune_interval_s=self.settings.job_prune_interval_s,
+                    observer=telemetry.observer_for(model),
+                    on_fatal=self.fatal,
+                )
             engine.start()
             telemetry.watch_engine(engine)
             self.model, self.info, self.engine = model, info, engine
@@ -111,9 +137,12 @@ class ServiceState:
             self.engine.shutdown(self.settings.shutdown_grace_s if grace_s is None else grace_s)
 
 
-def create_app(settings: Settings | None = None, loader: Callable | None = None) -> FastAPI:
+def create_app(
+    settings: Settings | None = None, loader: Callable | None = None, engine_factory: Callable | None = None
+) -> FastAPI:
+    """`engine_factory(model, settings)`, when given, replaces the local Engine (see ray_serve.py)."""
     settings = settings or Settings()
-    state = ServiceState(settings, loader or load_model)
+    state = ServiceState(settings, loader or load_model, engine_factory)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):

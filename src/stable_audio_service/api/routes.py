@@ -96,7 +96,7 @@ def _submit(engine: Engine, resolved: service.Resolved, keep: bool = True) -> Jo
             format=resolved.format,
             client_job_id=resolved.client_job_id,
             context={"trace_id": trace_id, "span_id": span_id, "otel": otel_context.get_current()},
-            **({} if keep else {"keep": False}),
+            keep=keep,
         )
     except QueueFull as exc:
         telemetry.record_rejected("queue_full")
@@ -202,7 +202,10 @@ def ready(request: Request) -> Any:
     state = get_state(request)
     engine = state.engine
     if state.status == "ok" and engine is not None and engine.accepting:
-        return {"ready": True, "queue_depth": engine.queue_depth(), "running": engine.running_count()}
+        body = {"ready": True, "queue_depth": engine.queue_depth(), "running": engine.running_count()}
+        if getattr(engine, "replicas", None) is not None:  # a Ray Serve cluster (ray_serve.py): live model replicas
+            body["replicas"] = engine.replicas
+        return body
     if state.status != "ok":
         reason = state.reason
     elif engine is not None and not getattr(engine, "healthy", True):
@@ -278,7 +281,7 @@ async def predict(
     if want is not None:
         body.format = want
     resolved = await _resolve_async(request, engine, body, client_job_id)
-    job = _submit(engine, resolved)  # TODO(issue 11): keep=False once the engine drops /predict results
+    job = _submit(engine, resolved, keep=False)  # the engine forgets it once answered: this route holds it
     queue = engine.subscribe(job)
     loop = asyncio.get_running_loop()
     next_check = loop.time() + DISCONNECT_POLL_S
