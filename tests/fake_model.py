@@ -65,6 +65,7 @@ class FakeModel:
         self.finish_gate = Gate()
         self.batches: list[list[int]] = []  # seeds of each forward pass
         self.started: list[GenerationParams] = []
+        self.uploads_at_start: list[tuple[bool, bool]] = []  # (has init_audio, has inpaint_audio) in start()
         self.seen_uploads: list[tuple[object, object]] = []  # (init_audio, inpaint_audio) seen by finish
         self.batch_key_error: BaseException | None = None
         self.finish_error: BaseException | None = None
@@ -77,6 +78,7 @@ class FakeModel:
     def start(self, params: GenerationParams) -> GenerationState:
         self.start_gate.enter()
         self.started.append(params)
+        self.uploads_at_start.append((params.init_audio is not None, params.inpaint_audio is not None))
         return GenerationState(params=params, batch_key=self.batch_key(params), total_steps=params.num_inference_steps)
 
     def step(self, states: list[GenerationState]) -> None:

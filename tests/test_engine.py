@@ -151,14 +151,18 @@ def test_release_forgets_a_kept_job(make_engine):
 def test_uploads_are_dropped_once_the_model_encoded_them(make_engine):
     engine, model, watch = make_engine()
     sr = model.sample_rate
+    blocker = hold_worker(engine, model)
     init = engine.submit(params(seed=1, init_audio=np.ones((2, 10 * sr), np.float32)))
     source = np.ones((2, 10 * sr), np.float32)
     inpaint = engine.submit(params(seed=2, duration=1.5, inpaint_audio=source, inpaint_regions=[(0.5, 1.0)]))
-    watch.wait(init, inpaint)
-    (init_seen, _), (_, inpaint_seen) = model.seen_uploads
-    assert init_seen is None  # audio-to-audio: only start() needs the source
-    assert inpaint_seen.shape == (2, int(1.5 * sr))  # inpainting: finish() splices the clip's part
-    np.testing.assert_array_equal(inpaint_seen, source[:, : int(1.5 * sr)])
+    cancelled = engine.submit(params(seed=3, init_audio=np.ones((2, sr), np.float32)))
+    engine.cancel(cancelled.id)
+    assert cancelled.params.init_audio is None  # ended without starting: dropped at its end
+    assert init.params.init_audio is not None and inpaint.params.inpaint_audio is source  # queued: kept
+    model.step_gate.open()
+    watch.wait(blocker, init, inpaint)
+    assert model.uploads_at_start[1:] == [(True, False), (False, True)]  # start() had them ...
+    assert model.seen_uploads[1:] == [(None, None), (None, None)]  # ... finish() no longer holds them
     for job in (init, inpaint):
         assert job.status == JobStatus.done
         assert job.params.init_audio is None and job.params.inpaint_audio is None

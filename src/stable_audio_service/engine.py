@@ -11,8 +11,8 @@ Memory is bounded by design, not by luck:
 - a job submitted with `keep=False` (what `/predict` uses) is forgotten by the engine the
   moment it ends; only the caller's `Job` reference keeps its result alive;
 - a job's uploads (`params.init_audio`, `params.inpaint_audio`) are dropped once `model.start`
-  has encoded them (the inpainting source is cut to the clip, which `finish` splices), and
-  entirely when the job ends;
+  has encoded them (a family keeps in its state whatever part it still needs), or when the job
+  ends without starting;
 - finished jobs kept for `GET /jobs/{id}` are bounded by count, TTL and total result bytes
   (oldest evicted first), checked by a janitor thread every `prune_interval_s`.
 
@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import secrets
 import threading
 import time
@@ -593,7 +592,7 @@ class Engine:
                 state = model.start(job.params)
                 job.phase("encode", t0, time.time_ns())
                 job.total_steps = state.total_steps
-                _trim_uploads(job.params, model.sample_rate)
+                _drop_uploads(job.params)
                 active.append((job, state))
             except Exception as exc:
                 self._fail_for(job, exc)
@@ -664,21 +663,15 @@ class Engine:
             self._fail(job, f"generation failed ({type(exc).__name__})", 500)
 
 
-def _trim_uploads(params: GenerationParams, sample_rate: int) -> None:
-    """After `model.start` encoded them: the audio-to-audio source is not needed any more; the
-    inpainting source is needed by `finish` (which keeps its unregenerated parts) only up to the
-    clip's end."""
-    params.init_audio = None
-    src = params.inpaint_audio
-    if src is not None:
-        clip = math.ceil(params.duration * sample_rate)
-        if getattr(src, "shape", (0,))[-1] > clip:
-            params.inpaint_audio = src[..., :clip].copy()
-
-
 def _drop_uploads(params: GenerationParams) -> None:
-    params.init_audio = None
-    params.inpaint_audio = None
+    """Free a job's uploaded audio: called once `model.start` has encoded it (a family that needs part
+    of a source later, like sa3's inpainting splice, keeps that part in its state) and when the job ends."""
+    drop = getattr(params, "drop_uploads", None)
+    if drop is not None:
+        drop()
+    else:
+        params.init_audio = None
+        params.inpaint_audio = None
 
 
 def _release_state(model: AudioModel, state: GenerationState) -> None:
