@@ -34,8 +34,18 @@ def serve(
     port: int | None = typer.Option(None, help="Port [env STABLE_AUDIO_PORT, default 2009]."),
     device: str | None = typer.Option(None, help="auto, cuda, mps or cpu."),
     dtype: str | None = typer.Option(None, help="auto, float32, float16 or bfloat16."),
+    ray: bool = typer.Option(False, "--ray", help="Serve through Ray Serve: N model replicas (needs the ray extra)."),
+    replicas: str | None = typer.Option(None, help="--ray: model replicas, N or MIN:MAX to autoscale (default 1)."),
+    num_gpus: float | None = typer.Option(None, help="--ray: GPUs per replica, fractional ok (default 1 with GPUs)."),
+    num_cpus: float | None = typer.Option(None, help="--ray: CPUs per replica (default 1)."),
+    target_ongoing_requests: float | None = typer.Option(
+        None, help="--ray with MIN:MAX: queued+running requests per replica to aim for (default: max batch size)."
+    ),
 ) -> None:
-    """Run the HTTP service."""
+    """Run the HTTP service (with --ray: over Ray Serve, on a local instance or the cluster in RAY_ADDRESS)."""
+    ray_flags = {"replicas": replicas, "num_gpus": num_gpus, "num_cpus": num_cpus, "target": target_ongoing_requests}
+    if not ray and any(v is not None for v in ray_flags.values()):
+        _fail("--replicas, --num-gpus, --num-cpus and --target-ongoing-requests need --ray")
     from . import serving
     from .api import create_app
     from .models.loading import ModelLoadError, read_family, resolve_source
@@ -46,6 +56,22 @@ def serve(
         read_family(resolve_source(settings.resolved_model()))
     except ModelLoadError as exc:
         _fail(str(exc))
+    if ray:
+        try:
+            from . import ray_serve
+        except ImportError as exc:
+            _fail(f"--ray needs Ray Serve: pip install 'stable-audio-service[ray]' ({exc})")
+        try:
+            options = ray_serve.RayOptions(
+                **ray_serve.RayOptions.parse_replicas(replicas or "1"),
+                num_gpus=num_gpus,
+                num_cpus=1.0 if num_cpus is None else num_cpus,
+                target_ongoing_requests=target_ongoing_requests,
+            )
+        except ValueError as exc:
+            _fail(str(exc))
+        ray_serve.serve_forever(settings, options)  # SIGTERM: the application drains and stops, exit 0
+        return
     serving.run(create_app(settings), settings)  # graceful SIGTERM: answers in-flight work, flushes telemetry
 
 
@@ -185,13 +211,14 @@ def _generate_local(body: StableAudioRequest, output: Path, model: str | None, d
 def make_tiny_cmd(
     directory: Path = typer.Argument(..., help="Where to write the model."),
     family: str = typer.Option("open-1.0", help="open-1.0 (diffusers layout) or sa3 (Stability's official format)."),
+    structure: str = typer.Option("small", help="sa3 only: small (SAME-S, chunked) or medium (SAME-L, band)."),
     seed: int = typer.Option(0, help="Seed for the random weights."),
 ) -> None:
     """Write a tiny random-weight model (noise only) in the real on-disk format of its family, offline."""
     from .models.tiny import make_tiny
 
     try:
-        out = make_tiny(directory, family=family, seed=seed)
+        out = make_tiny(directory, family=family, seed=seed, structure=structure)
     except ValueError as exc:
         _fail(str(exc))
     typer.echo(f"wrote a tiny random-weight {family} model to {out} (it makes noise, not music)")

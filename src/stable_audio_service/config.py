@@ -17,7 +17,8 @@ class Settings(BaseSettings):
 
     model: str | None = Field(
         None,
-        description="Local diffusers-layout directory or hub repo id. Unset: the studio path if it holds a model, "
+        description="Local model directory (diffusers layout for Stable Audio Open 1.0, Stability's official format "
+        "for Stable Audio 3) or hub repo id. Unset: the studio path if it holds a model, "
         "else stabilityai/stable-audio-open-1.0 from the Hugging Face cache.",
     )
     host: str = "127.0.0.1"
@@ -80,6 +81,6 @@ class Settings(BaseSettings):
     def resolved_model(self) -> str:
         if self.model:
             return self.model
-        if (DEFAULT_LOCAL_MODEL / "model_index.json").is_file():
+        if any((DEFAULT_LOCAL_MODEL / f).is_file() for f in ("model_index.json", "model_config.json")):
             return str(DEFAULT_LOCAL_MODEL)
         return DEFAULT_HUB_MODEL

@@ -196,21 +196,15 @@ def _sa3_longest(path: Path, settings: Settings) -> float:
 
 
 def _sa3_weights(path: Path, dtype: torch.dtype) -> int:
-    from .loading import dtype_bytes, safetensors_parameters
+    from .stable_audio_3.family import memory_estimate
 
-    return safetensors_parameters([path / "model.safetensors", *path.glob("*/model.safetensors")]) * dtype_bytes(dtype)
+    return memory_estimate(path, dtype, 0.0)[0]
 
 
 def _sa3_working(path: Path, dtype: torch.dtype, seconds: float) -> int:
-    """SAME decodes in fixed 128-latent windows, so working memory does not grow with the square of the
-    clip; the DiT's activations grow linearly. 0.5 GiB + 64 KiB per latent matches the measured fp32
-    peak of SA3 small (3.9 GiB RSS at 10 s, 4.3 GiB at 30 s, weights 3.4 GiB)."""
-    import math
+    from .stable_audio_3.family import memory_estimate
 
-    from .loading import dtype_bytes
-
-    latents = math.ceil((seconds + 6.0) * 44100 / 4096)
-    return GIB // 2 + latents * 16 * 1024 * dtype_bytes(dtype)
+    return memory_estimate(path, dtype, seconds)[1]
 
 
 def _sa3_load(req: LoadRequest) -> AudioModel:
@@ -223,22 +217,6 @@ def _sa3_load(req: LoadRequest) -> AudioModel:
         dtype=req.dtype,
         text_cache_size=req.settings.text_cache_size,
         max_duration=req.settings.max_duration,
-    )
-
-
-def _sa3_diffusers_load(req: LoadRequest) -> AudioModel:  # TRANSITIONAL: removed when the official family lands
-    from .base import Bound, ModelLimits
-    from .sa3 import StableAudio3Model as DiffusersSa3
-
-    cap = req.settings.max_duration or 120.0
-    limits = ModelLimits(Bound(min(10.0, cap), 1.0, min(120.0, cap)), Bound(1.0, 1.0, 20.0), Bound(8, 1, 200))
-    return DiffusersSa3.from_pretrained(
-        str(req.path),
-        name=req.name,
-        device=req.device,
-        dtype=req.dtype,
-        limits=limits,
-        text_cache_size=req.settings.text_cache_size,
     )
 
 
@@ -264,16 +242,6 @@ FAMILIES: dict[str, Family] = {
         weights_bytes=_sa3_weights,
         working_bytes=_sa3_working,
         load=_sa3_load,
-    ),
-    "sa3-diffusers": Family(
-        name="sa3",
-        title="Stable Audio 3 (diffusers layout, transitional)",
-        layout="model_index.json naming StableAudio3Pipeline",
-        detect=lambda p: (_index_class(p) or "").startswith("StableAudio3"),
-        longest_clip=lambda p, s: min(120.0, s.max_duration or 120.0),
-        weights_bytes=lambda p, d: 0,
-        working_bytes=lambda p, d, x: 0,
-        load=_sa3_diffusers_load,
     ),
 }
 
