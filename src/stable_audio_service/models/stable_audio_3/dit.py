@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import lora
 from .config import DiTConfig
 
 
@@ -336,9 +337,12 @@ class DiffusionTransformer(nn.Module):
         global_cond = global_cond.to(dtype)
         groups = row_groups or [x.shape[0]]
         embedded = []
+        first = 0
         for g_rows, f_rows in zip(global_cond.split(groups), features.split(groups), strict=True):
-            global_embed = self.to_global_embed(g_rows) + self.to_timestep_embed(f_rows)
-            embedded.append(self.transformer.global_cond_embedder(global_embed))
+            with lora.rows(first, first + g_rows.shape[0]):  # LoRA (issue 16): these rows are one request's
+                global_embed = self.to_global_embed(g_rows) + self.to_timestep_embed(f_rows)
+                embedded.append(self.transformer.global_cond_embedder(global_embed))
+            first += g_rows.shape[0]
         x = self.preprocess_conv(x) + x
         out = self.transformer(x.transpose(1, 2), context, torch.cat(embedded), local_add_cond, padding_mask)
         out = out.transpose(1, 2)

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Hashable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +45,7 @@ from ..base import (
     to_audio,
 )
 from ..loading import ModelLoadError
-from . import sampling
+from . import lora, sampling
 from .checkpoint import CheckpointFiles, count_parameters, load_tensors, resolve_checkpoint
 from .conditioning import DurationConditioner, TextConditioner
 from .config import DEFAULT_DURATION_PADDING_S, SA3Config
@@ -145,6 +145,7 @@ class SA3State(GenerationState):
     inpaint_source: np.ndarray | None = None  # (channels, output samples): the source, kept past drop_uploads()
     denoised: torch.Tensor | None = None  # the last step's prediction (the final latents after the last step)
     noise: torch.Tensor | None = None  # the last step's re-noising draw
+    lora: lora.SetPlan | None = None  # LoRA (issue 16): the request's adapters, planned once
 
 
 class StableAudio3Model(AudioModel[SA3State]):
@@ -183,6 +184,7 @@ class StableAudio3Model(AudioModel[SA3State]):
         # Return the source sample for sample outside the regenerated regions (the model's own output there is
         # only a reconstruction of it); False returns exactly what Stability's generate() returns.
         self.keep_inpaint_source = True
+        self.loras: lora.SA3Loras | None = None  # LoRA (issue 16): set by enable_loras
 
     # -- loading -----------------------------------------------------------------------------------------
     @classmethod
@@ -195,8 +197,11 @@ class StableAudio3Model(AudioModel[SA3State]):
         dtype: torch.dtype,
         text_cache_size: int = 256,
         max_duration: float | None = None,
+        lora_dir: Path | None = None,
+        lora_cache_mb: float = 512,
     ) -> StableAudio3Model:
-        """Load an official-format checkpoint directory (or hub id, through the HF cache)."""
+        """Load an official-format checkpoint directory (or hub id, through the HF cache); with `lora_dir`,
+        requests may name the adapters in it (see lora.py)."""
         from .autoencoder import SameAutoencoder
 
         files = resolve_checkpoint(path)
@@ -220,7 +225,7 @@ class StableAudio3Model(AudioModel[SA3State]):
         del tensors
         for module in (dit, autoencoder, duration, text):
             module.eval().requires_grad_(False).to(device=device, dtype=dtype)
-        return cls(
+        model = cls(
             name=name,
             config=config,
             dit=dit,
@@ -232,6 +237,23 @@ class StableAudio3Model(AudioModel[SA3State]):
             max_duration=max_duration,
             files=files,
         )
+        if lora_dir is not None:
+            model.enable_loras(Path(lora_dir), lora_cache_mb)
+        return model
+
+    def enable_loras(self, directory: Path, cache_mb: float = 512) -> None:
+        """LoRA (issue 16): serve the adapters of `directory` per request (hooks on the DiT and the duration
+        embedder; the base weights stay as loaded)."""
+        self.loras = lora.SA3Loras(
+            directory,
+            self.dit,
+            self.duration_cond,
+            self.config.duration_id,
+            cache_mb=cache_mb,
+            device=self.device,
+            dtype=self.torch_dtype,
+        )
+        self.capabilities = replace(self.capabilities, loras=True)
 
     # -- sizes ---------------------------------------------------------------------------------------------
     def window(self, duration: float) -> sampling.Window:
@@ -246,8 +268,12 @@ class StableAudio3Model(AudioModel[SA3State]):
 
     def batch_key(self, params: GenerationParams) -> Hashable:
         """One forward pass serves requests of the same latent length at the same step of the same step count;
-        guidance, inpainting, audio-to-audio and schedules are per row."""
-        return (self.family, self.window(params.duration).latent_length, int(params.num_inference_steps))
+        guidance, inpainting, audio-to-audio, schedules and LoRA adapters are per row (but for adapter sets that
+        must be merged, see lora.py)."""
+        key = (self.family, self.window(params.duration).latent_length, int(params.num_inference_steps))
+        if self.loras is not None and params.loras:  # LoRA (issue 16)
+            key += self.loras.batch_key(params.loras)
+        return key
 
     def upload_samples(self, duration: float) -> int:
         """Sources are zero-padded or cut to the request's whole window (Stability's `PadCrop`)."""
@@ -294,7 +320,16 @@ class StableAudio3Model(AudioModel[SA3State]):
         latent_shape = (1, self.config.dit.io_channels, win.latent_length)
         noise = sampling.draw(generator, latent_shape).to(self.device)  # the first draw, as in generate()
 
-        duration_token = self.duration_cond([duration]).float()  # (1, cond)
+        plan = None  # LoRA (issue 16): the conditioner's adapters act on the duration embedding too
+        if params.loras:
+            if self.loras is None:
+                raise GenerationError("this model serves no LoRA adapters (no adapter directory)")
+            try:
+                plan = self.loras.plan(params.loras)
+            except lora.AdapterError as exc:
+                raise GenerationError(str(exc)) from None
+        with lora.applied_to_rows([(0, 1, plan)]):
+            duration_token = self.duration_cond([duration]).float()  # (1, cond)
         context = self._context(params.prompt, duration_token)
         cfg_scale = float(params.guidance_scale)
         uncond = None
@@ -356,6 +391,7 @@ class StableAudio3Model(AudioModel[SA3State]):
             apg_scale=apg_scale,
             inpaint_keep=keep,
             inpaint_source=kept_source,
+            lora=plan,
         )
 
     @torch.no_grad()
@@ -379,9 +415,11 @@ class StableAudio3Model(AudioModel[SA3State]):
             rows.append((cond_row, cond_row + 1 if state.uncond_context is not None else None))
         local = None if locals_[0] is None else torch.cat(locals_)
         groups = [1 if u is None else 2 for _, u in rows]
-        out = self.dit(
-            torch.cat(xs), torch.cat(ts), torch.cat(contexts), torch.cat(globals_), local, torch.cat(masks), groups
-        ).float()
+        segments = [(c, c + g, s.lora) for s, (c, _), g in zip(states, rows, groups, strict=True)]  # LoRA (issue 16)
+        with lora.applied_to_rows(segments):
+            out = self.dit(
+                torch.cat(xs), torch.cat(ts), torch.cat(contexts), torch.cat(globals_), local, torch.cat(masks), groups
+            ).float()
         for state, (c, u) in zip(states, rows, strict=True):
             i = state.step
             t_curr, t_next = state.sigmas[:, i], state.sigmas[:, i + 1]
@@ -417,6 +455,7 @@ class StableAudio3Model(AudioModel[SA3State]):
         state.x = state.context = state.global_cond = state.padding_mask = torch.empty(0)
         state.uncond_context = state.local_cond = state.denoised = state.noise = None
         state.inpaint_keep = state.inpaint_source = None
+        state.lora = None
         return result
 
     def describe(self) -> dict[str, Any]:
