@@ -160,3 +160,22 @@ def test_queued_past_the_deadline_is_answered_503(rig):
     watch.wait(running, late)
     assert late.status == JobStatus.failed and late.error_status == 503 and "waited in the queue" in late.error
     assert running.status == JobStatus.done
+
+
+def test_on_fatal_may_shut_the_engine_down_from_the_dying_worker():
+    model, watch = FakeModel(), Watcher()
+    done = threading.Event()
+    engine = None
+
+    def stop_everything(reason: str) -> None:
+        engine.shutdown(grace_s=0)  # runs on the worker thread itself: must not try to join it
+        done.set()
+
+    engine = Engine(model, observer=watch, on_fatal=stop_everything, batch_wait_ms=0)
+    engine.start()
+    model.batch_key_error = WorkerKiller("boom")
+    job = engine.submit(params(seed=1))
+    assert done.wait(GATE_TIMEOUT_S)
+    watch.wait(job)
+    engine._thread.join(GATE_TIMEOUT_S)
+    assert not engine._thread.is_alive() and job.error_status == 503 and not engine.healthy

@@ -236,7 +236,7 @@ class Engine:
         with self._cond:
             self._stop = True
             self._cond.notify_all()
-        if self._thread is not None:
+        if self._thread is not None and self._thread is not threading.current_thread():  # e.g. from on_fatal
             self._thread.join(timeout=max(1.0, end - time.monotonic() + 5))
         for job in running:  # still inside a long step: answer now; the worker's later end is ignored
             self._fail(job, "the service is shutting down", 503)
