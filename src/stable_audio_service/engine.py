@@ -4,6 +4,10 @@ A single worker thread takes the oldest queued request, waits `batch_wait_ms` fo
 others that can share its forward passes (same model batch key: step count and latent
 window), and runs them together one denoising step at a time. Between steps it drops
 cancelled requests, publishes progress and expires requests that waited too long.
+Batching is continuous: a request that finished its steps is decoded and leaves the batch at
+once, and when the model declares `mixed_steps` (one forward pass may serve rows at different
+steps, as Stable Audio 3's per-row timesteps allow) queued requests with the batch's key join
+it at the next step boundary instead of waiting for it to drain.
 The HTTP layer only submits jobs and awaits their events (vLLM-style split).
 
 Memory is bounded by design, not by luck:
@@ -180,6 +184,7 @@ class Engine:
             "requests": 0,
             "max_batch_seen": 0,
             "results_evicted": 0,
+            "joined": 0,  # requests that joined a batch already running (continuous batching)
         }
 
     # -- lifecycle -------------------------------------------------------------------
@@ -536,7 +541,9 @@ class Engine:
                         self._run_batch(batch)
                     except Exception:  # the worker must survive anything a batch can raise
                         log.exception("batch failed unexpectedly")
-                        for job in batch:
+                        with self._cond:
+                            victims = batch + [j for j in self._running if j not in batch]  # joiners too
+                        for job in victims:
                             self._fail(job, "internal error in the generation worker", 500)
                     finally:
                         with self._cond:
@@ -577,52 +584,81 @@ class Engine:
                 log.exception("janitor failed")
 
     def _run_batch(self, batch: list[Job]) -> None:
+        """Run `batch` one step at a time until every request in it has ended (continuous batching).
+
+        After every forward pass the requests that finished are decoded and leave, and, when the model can serve
+        rows at different steps in one forward pass (`mixed_steps`), queued requests with the batch's key join
+        it up to `max_batch_size` without waiting for it to drain. A job never overtakes an older queued job of
+        another key: joining stops at the first one, so the batch then drains and that job runs next."""
         model = self.model
         self.stats["batches"] += 1
-        self.stats["requests"] += len(batch)
-        self.stats["max_batch_seen"] = max(self.stats["max_batch_seen"], len(batch))
         self._observe("batch", batch[0], size=len(batch))
-        active: list[tuple[Job, GenerationState]] = []
-        for job in batch:
+        active: list[tuple[Job, GenerationState, int]] = []  # (job, state, ns when its denoising began)
+        self._start_jobs(batch, active)
+        key = batch[0].batch_key
+        mixed = bool(getattr(model, "mixed_steps", False))
+        while active:
+            keep = []
+            for job, state, t0 in active:
+                if job.cancel_requested:
+                    self._finish_cancelled(job)
+                    _release_state(model, state)
+                else:
+                    keep.append((job, state, t0))
+            active = keep
+            stepping = [entry for entry in active if not entry[1].finished]
+            if stepping:
+                try:
+                    model.step([s for _, s, _ in stepping])
+                    self.stats["forward_passes"] += 1
+                except Exception as exc:
+                    for job, state, _ in active:
+                        self._fail_for(job, exc)
+                        _release_state(model, state)
+                    active = []
+                    break
+                for job, state, _ in stepping:
+                    job.step = state.step
+                    self._publish(job, {"type": "step", "step": state.step, "total": state.total_steps})
+                self._sweep_expired()
+            done = [entry for entry in active if entry[1].finished]
+            active = [entry for entry in active if not entry[1].finished]
+            self._finish_jobs(done, len(active))
+            if active and mixed:
+                joining = self._take_joiners(key, self.max_batch_size - len(active))
+                if joining:
+                    self._start_jobs(joining, active)
+                    size = len(active)
+                    for job, _, _ in active:
+                        job.batch_size = max(job.batch_size, size)
+                    self.stats["max_batch_seen"] = max(self.stats["max_batch_seen"], size)
+                    self.stats["joined"] += len(joining)
+
+    def _start_jobs(self, jobs: list[Job], active: list[tuple[Job, GenerationState, int]]) -> None:
+        """`model.start` each job (text and audio encoding, initial noise) and add it to `active`."""
+        model = self.model
+        self.stats["requests"] += len(jobs)
+        self.stats["max_batch_seen"] = max(self.stats["max_batch_seen"], len(jobs) + len(active))
+        for job in jobs:
             if job.cancel_requested:
                 self._finish_cancelled(job)
                 continue
             try:
                 t0 = time.time_ns()
                 state = model.start(job.params)
-                job.phase("encode", t0, time.time_ns())
+                t1 = time.time_ns()
+                job.phase("encode", t0, t1)
                 job.total_steps = state.total_steps
                 _drop_uploads(job.params)
-                active.append((job, state))
+                active.append((job, state, t1))
             except Exception as exc:
                 self._fail_for(job, exc)
-        t_denoise = time.time_ns()
-        while active:
-            keep = []
-            for job, state in active:
-                if job.cancel_requested:
-                    self._finish_cancelled(job)
-                    _release_state(model, state)
-                else:
-                    keep.append((job, state))
-            active = keep
-            if not active or active[0][1].finished:
-                break
-            try:
-                model.step([s for _, s in active])
-                self.stats["forward_passes"] += 1
-            except Exception as exc:
-                for job, state in active:
-                    self._fail_for(job, exc)
-                    _release_state(model, state)
-                active = []
-                break
-            for job, state in active:
-                job.step = state.step
-                self._publish(job, {"type": "step", "step": state.step, "total": state.total_steps})
-            self._sweep_expired()
+
+    def _finish_jobs(self, done: list[tuple[Job, GenerationState, int]], still_running: int) -> None:
+        """Decode, encode and answer the requests that finished their steps; each leaves the batch."""
+        model = self.model
         t_denoised = time.time_ns()
-        for job, state in active:
+        for job, state, t_denoise in done:
             job.phase("denoise", t_denoise, t_denoised, steps=state.total_steps, batch_size=job.batch_size)
             try:
                 if job.cancel_requested:  # cancelled while a batch mate was decoding
@@ -644,7 +680,39 @@ class Engine:
                 self._fail_for(job, exc)
             finally:
                 _release_state(model, state)
-        _release_device_memory()
+                with self._cond:
+                    if job in self._running:
+                        self._running.remove(job)
+
+    def _take_joiners(self, key: tuple | None, room: int) -> list[Job]:
+        """Queued jobs with the running batch's key, oldest first, that may join it now (see `_run_batch`)."""
+        if room <= 0:
+            return []
+        with self._cond:
+            if not self._pending or self._stop:
+                return []
+            expired = self._expire_locked()
+            broken = self._key_pending_locked()
+            joining: list[Job] = []
+            for job in self._pending:
+                if job.batch_key != key or len(joining) >= room:
+                    break
+                joining.append(job)
+            now_ns = time.time_ns()
+            for job in joining:
+                self._pending.remove(job)
+                job.status = JobStatus.running
+                job.started = now_ns / 1e9
+                job.phase("queue", int(job.created * 1e9), now_ns, batch_size=len(self._running) + len(joining))
+            self._running.extend(joining)
+            waiting = list(self._pending) if joining else []
+        for job in expired:
+            self._fail(job, f"waited in the queue longer than {self.queue_timeout_s:g}s", 503)
+        for job, exc in broken:
+            self._fail_for(job, exc)
+        for pos, job in enumerate(waiting, start=1):
+            self._publish(job, {"type": "queued", "position": pos})
+        return joining
 
     def _sweep_expired(self) -> None:
         with self._cond:
