@@ -145,19 +145,31 @@ def _generate_remote(body: StableAudioRequest, output: Path, server: str, token:
     from .client import JobEvent, StableAudioClient, StableAudioError
 
     params = body.model_dump(exclude_none=True, exclude={"prompt"})
+    bar = _progress_bar()
+    task = None
+
+    def progress(event: JobEvent) -> None:  # the bar appears with the first step, as in-process
+        nonlocal task
+        if event.type == "step":
+            if task is None:
+                bar.start()
+                task = bar.add_task("denoising", total=event.total)
+            bar.update(task, completed=event.step, total=event.total)
+
     try:
-        with StableAudioClient(server, token=token) as client, _progress_bar() as bar:
-            task = bar.add_task("denoising", total=body.num_inference_steps)
-
-            def progress(event: JobEvent) -> None:
-                if event.type == "step":
-                    bar.update(task, completed=event.step, total=event.total)
-
+        with StableAudioClient(server, token=token) as client:
             result = client.generate(body.prompt, on_progress=progress, **params)
-    except StableAudioError as exc:
-        _fail(exc.message)
-    except httpx.HTTPError as exc:
-        _fail(f"cannot reach {server}: {exc}")
+    except (StableAudioError, httpx.HTTPError) as exc:
+        error = exc
+    else:
+        error = None
+    finally:
+        if task is not None:
+            bar.stop()
+    if isinstance(error, StableAudioError):
+        _fail(error.message)
+    elif error is not None:
+        _fail(f"cannot reach {server}: {error}")
     output.parent.mkdir(parents=True, exist_ok=True)
     result.save(output)
     _wrote(output, result.duration, result.sample_rate, result.channels, result.format, result.seed)
