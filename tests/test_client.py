@@ -250,4 +250,15 @@ def test_cli_generate_server(live, tmp_path):
     assert bad.exit_code == 2 and "duration" in bad.output and "30" in bad.output
     assert not (tmp_path / "bad.wav").exists()
     denied = runner.invoke(cli_app, [*args[:-2], "--token", "wrong", "--duration", "1", "--steps", "10"])
-    assert denied.exit_code == 2 and "Traceback" not in denied.output
+    assert denied.exit_code == 2 and "bearer token" in denied.output and "Traceback" not in denied.output
+
+
+def test_cli_generate_server_unreachable(tmp_path):
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{s.getsockname()[1]}"
+    result = runner.invoke(cli_app, ["generate", "x", "-o", str(tmp_path / "a.wav"), "--server", url])
+    assert result.exit_code == 2 and "cannot reach" in result.output
+    assert "denoising" not in result.output  # no progress bar before the first step
