@@ -171,8 +171,11 @@ def test_nan_audio_is_an_error_not_a_file(live, monkeypatch):
     record("Faults", "model returns NaN audio", "500 'non-finite audio', no file; next request 200")
 
 
-def test_client_disconnect_frees_its_slot(live):
+def test_client_disconnect_frees_its_slot(live, monkeypatch):
     engine = live.engine
+    submitted = []  # /predict jobs are not kept by the engine (keep=False): catch this one as it is submitted
+    real_submit = engine.submit
+    monkeypatch.setattr(engine, "submit", lambda *a, **k: submitted.append(real_submit(*a, **k)) or submitted[-1])
     with httpx.Client(base_url=live.url, timeout=1.5) as http:
         with pytest.raises(httpx.ReadTimeout):
             http.post("/predict", json={"prompt": "leaving", "duration": 1.0, "num_inference_steps": 200})
@@ -180,8 +183,8 @@ def test_client_disconnect_frees_its_slot(live):
     while engine.running_count() and time.time() < deadline:
         time.sleep(0.1)
     assert engine.running_count() == 0
-    job = list(engine._jobs.values())[-1]
-    assert job.status.value == "cancelled" and job.step < 200
+    job = submitted[-1]
+    assert job.status.value == "cancelled" and job.step < 200 and engine.get(job.id) is None
     record("Faults", "client disconnects mid-generation", f"cancelled at step {job.step}/200, slot freed")
 
 
