@@ -232,6 +232,30 @@ def test_retry_after_http_date_and_no_header():
     assert 0 < waits[1] <= 5
 
 
+def test_async_retries_then_gives_up():
+    sent = []
+
+    def answer(request):
+        sent.append(request.url.path)
+        return httpx.Response(429, headers={"Retry-After": "2"}, json={"detail": "queue full (1 waiting)"})
+
+    async def main():
+        waits = []
+
+        async def sleep(seconds):
+            waits.append(seconds)
+
+        async with AsyncStableAudioClient("http://stub", retries=2, transport=httpx.MockTransport(answer)) as c:
+            c._sleep = sleep
+            with pytest.raises(StableAudioError) as err:
+                await c.generate("x")
+        return waits, err.value
+
+    waits, err = asyncio.run(main())
+    assert waits == [2.0, 2.0] and sent == ["/predict"] * 3
+    assert err.status == 429 and err.message == "queue full (1 waiting)"
+
+
 runner = CliRunner()
 
 
