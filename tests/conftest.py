@@ -31,11 +31,36 @@ def serve(settings: Settings, loader=None) -> TestClient:
     return client
 
 
+# The backends the contract tests run against (test_api.py parametrises `backend` with these).
+BACKENDS = ["local", "ray"]
+
+
 @pytest.fixture(scope="session")
-def client(tiny_dir) -> TestClient:
+def backend(request) -> str:
+    """"local" (one process, in-process TestClient) unless a module parametrises it."""
+    return getattr(request, "param", "local")
+
+
+@pytest.fixture(scope="session")
+def local_client(tiny_dir) -> TestClient:
     c = serve(Settings(model=str(tiny_dir), batch_wait_ms=50, max_batch_size=8, queue_size=64))
     yield c
     c.__exit__(None, None, None)
+
+
+@pytest.fixture(scope="session")
+def ray_client(tiny_dir):
+    """The same API through Ray Serve: 2 model replicas of the tiny model (skips when ray is not installed)."""
+    from .ray_harness import RayBackend
+
+    c = RayBackend(tiny_dir)
+    yield c
+    c.stop()
+
+
+@pytest.fixture(scope="session")
+def client(request, backend):
+    return request.getfixturevalue("ray_client" if backend == "ray" else "local_client")
 
 
 def decode_b64(audio_b64: str):

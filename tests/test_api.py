@@ -10,7 +10,10 @@ import pytest
 
 from stable_audio_service.api.schemas import StableAudioRequest, StableAudioResponse
 
-from .conftest import FAST, decode_b64
+from .conftest import BACKENDS, FAST, decode_b64
+
+# The HTTP contract holds for one process and for Ray Serve (2 model replicas) alike.
+pytestmark = pytest.mark.parametrize("backend", BACKENDS, indirect=True, scope="session")
 
 
 def test_health_ok_once_loaded(client):
