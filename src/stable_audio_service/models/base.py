@@ -108,9 +108,12 @@ class GenerationState:
 S = TypeVar("S", bound=GenerationState)
 
 
-def check_batch(states: list[GenerationState]) -> None:
-    """One forward pass serves only states with the same batch key at the same step."""
-    if len({s.batch_key for s in states}) != 1 or len({s.step for s in states}) != 1:
+def check_batch(states: list[GenerationState], mixed_steps: bool = False) -> None:
+    """One forward pass serves only states with the same batch key, at the same step unless the family declares
+    `mixed_steps` (its forward takes one timestep per row)."""
+    if len({s.batch_key for s in states}) != 1:
+        raise ValueError("a batch must share its batch key")
+    if not mixed_steps and len({s.step for s in states}) != 1:
         raise ValueError("a batch must share its batch key and step")
 
 
@@ -167,6 +170,9 @@ class AudioModel(ABC, Generic[S]):
     dtype: str
     limits: ModelLimits
     capabilities: Capabilities
+    # True when one `step(states)` call may advance states at different steps (one timestep per row in the
+    # forward pass): the engine then lets queued requests join a running batch (continuous batching).
+    mixed_steps: bool = False
 
     @abstractmethod
     def batch_key(self, params: GenerationParams) -> Hashable:
@@ -183,7 +189,8 @@ class AudioModel(ABC, Generic[S]):
 
     @abstractmethod
     def step(self, states: list[S]) -> None:
-        """Advance every state by one denoising step in one batched forward pass."""
+        """Advance every state by one denoising step in one batched forward pass (all at the same step unless
+        the family declares `mixed_steps`)."""
 
     @abstractmethod
     def finish(self, state: S) -> np.ndarray:

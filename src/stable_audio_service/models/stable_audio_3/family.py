@@ -150,6 +150,7 @@ class SA3State(GenerationState):
 
 class StableAudio3Model(AudioModel[SA3State]):
     family = "sa3"
+    mixed_steps = True  # continuous batching (issue 12): timestep, schedule and draws are per row
 
     def __init__(
         self,
@@ -267,10 +268,10 @@ class StableAudio3Model(AudioModel[SA3State]):
         )
 
     def batch_key(self, params: GenerationParams) -> Hashable:
-        """One forward pass serves requests of the same latent length at the same step of the same step count;
-        guidance, inpainting, audio-to-audio, schedules and LoRA adapters are per row (but for adapter sets that
-        must be merged, see lora.py)."""
-        key = (self.family, self.window(params.duration).latent_length, int(params.num_inference_steps))
+        """One forward pass serves requests of the same latent length, at any step of any step count (issue 12:
+        timesteps, schedules, guidance, inpainting, audio-to-audio and LoRA adapters are per row; but for adapter
+        sets that must be merged, see lora.py)."""
+        key: tuple = (self.family, self.window(params.duration).latent_length)
         if self.loras is not None and params.loras:  # LoRA (issue 16)
             key += self.loras.batch_key(params.loras)
         return key
@@ -398,7 +399,7 @@ class StableAudio3Model(AudioModel[SA3State]):
     def step(self, states: list[SA3State]) -> None:
         if not states:
             return
-        check_batch(states)
+        check_batch(states, mixed_steps=self.mixed_steps)
         xs, ts, contexts, globals_, locals_, masks = [], [], [], [], [], []
         rows: list[tuple[int, int | None]] = []
         for state in states:
