@@ -19,7 +19,7 @@ gone (404), which the registry could only have said more slowly.
 Submitting is two steps because the routes submit synchronously: the dependency `reserve`s a queue slot on
 a replica (Serve's power-of-two choice on ongoing requests first, then the others from the freshest figures;
 a full cluster answers 429, no replica 503, with `Retry-After`, like one process), then `submit` returns at
-once and a task streams `run` on the owner: the submission, progress and the terminal event (with the audio
+once and a task streams `run` on the owner: the submission, then the terminal event (with the audio
 for `/predict`). A reader that arrives before the submission waits for it briefly on the replica.
 
 A replica that dies answers every caller: a stream that breaks fails its job with 503 + `Retry-After`;
@@ -219,7 +219,9 @@ class _Reservation:
 
 
 class StableAudioModel:
-    """One model replica: loads the model and runs one Engine, exactly as the single process does."""
+    """One model replica: loads the model and runs one Engine, exactly as the single process does. The calls
+    are coroutines: they run on the replica's event loop, where the engine's subscriber queues and the
+    reservations' events live."""
 
     def __init__(self, settings: dict[str, Any]) -> None:
         from .api.app import ServiceState
@@ -253,10 +255,10 @@ class StableAudioModel:
             state.shutdown()  # drain: queued and running work gets shutdown_grace_s, then 503
 
     # -- calls from the ingress --------------------------------------------------------------------
-    def info(self) -> ModelView:
+    async def info(self) -> ModelView:
         return ModelView.of(self.model)
 
-    def reserve(self, pin: str | None = None) -> dict[str, Any]:
+    async def reserve(self, pin: str | None = None) -> dict[str, Any]:
         """Hold a queue slot for a submission that follows: {"id", "position"}, or {"status", "detail"}."""
         self._expire_reservations()
         engine = self.engine
@@ -270,8 +272,11 @@ class StableAudioModel:
         self._reserved[job_id] = _Reservation(time.monotonic() + RESERVATION_TTL_S, asyncio.Event())
         return {"replica": self.tag, "id": job_id, "position": waiting + 1}
 
-    def release(self, job_id: str) -> None:
+    async def release(self, job_id: str) -> None:
         """A reservation that will not be used (the request failed validation)."""
+        self._drop_reservation(job_id)
+
+    def _drop_reservation(self, job_id: str) -> None:
         res = self._reserved.pop(job_id, None)
         if res is not None:
             res.arrived.set()
@@ -359,7 +364,7 @@ class StableAudioModel:
         finally:
             self.engine.unsubscribe(job, queue)
 
-    def stats(self, pin: str | None = None, metrics: bool = False) -> dict[str, Any]:
+    async def stats(self, pin: str | None = None, metrics: bool = False) -> dict[str, Any]:
         """This replica's figures for `/ready` and `/metrics` (the Prometheus text only when asked)."""
         self._expire_reservations()
         engine = self.engine
@@ -453,7 +458,7 @@ class StableAudioModel:
     def _expire_reservations(self) -> None:
         now = time.monotonic()
         for job_id in [k for k, r in self._reserved.items() if r.deadline <= now]:
-            self.release(job_id)
+            self._drop_reservation(job_id)
 
     def _forget_ended(self) -> None:
         for job_id, internal in list(self._ids.items()):
@@ -707,7 +712,7 @@ class ClusterEngine:
     async def _stream_run(self, run: _Run, params: GenerationParams, carrier: dict[str, str], predict: bool) -> str:
         job = run.job
         stream = self.handle.options(stream=True).run.remote(
-            job.id, params, job.format, job.client_job_id, carrier, not predict, predict, predict
+            job.id, params, job.format, job.client_job_id, carrier, not predict, False, predict
         )
         try:
             async for event in stream:
