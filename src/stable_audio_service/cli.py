@@ -34,6 +34,9 @@ def serve(
     port: int | None = typer.Option(None, help="Port [env STABLE_AUDIO_PORT, default 2009]."),
     device: str | None = typer.Option(None, help="auto, cuda, mps or cpu."),
     dtype: str | None = typer.Option(None, help="auto, float32, float16 or bfloat16."),
+    lora_dir: Path | None = typer.Option(
+        None, help="Directory of LoRA adapters requests may name (Stable Audio 3) [env STABLE_AUDIO_LORA_DIR]."
+    ),
     ray: bool = typer.Option(False, "--ray", help="Serve through Ray Serve: N model replicas (needs the ray extra)."),
     replicas: str | None = typer.Option(None, help="--ray: model replicas, N or MIN:MAX to autoscale (default 1)."),
     num_gpus: float | None = typer.Option(None, help="--ray: GPUs per replica, fractional ok (default 1 with GPUs)."),
@@ -50,7 +53,7 @@ def serve(
     from .api import create_app
     from .models.loading import ModelLoadError, read_family, resolve_source
 
-    settings = _settings(model=model, host=host, port=port, device=device, dtype=dtype)
+    settings = _settings(model=model, host=host, port=port, device=device, dtype=dtype, lora_dir=lora_dir)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:  # fail fast, before binding the port, when there are no weights at all
         read_family(resolve_source(settings.resolved_model()))
@@ -110,6 +113,12 @@ def generate(
     token: str | None = typer.Option(
         None, envvar="STABLE_AUDIO_API_KEY", help="Bearer token for --server [env STABLE_AUDIO_API_KEY]."
     ),
+    lora: list[str] | None = typer.Option(
+        None, "--lora", help="LoRA adapter NAME[:STRENGTH] (strength 1 by default); repeat to stack, in order."
+    ),
+    lora_dir: Path | None = typer.Option(
+        None, help="Directory of LoRA adapters (Stable Audio 3) [env STABLE_AUDIO_LORA_DIR]."
+    ),
 ) -> None:
     """Generate one clip to a file, with a progress bar: here, or on a running service with --server."""
     from pydantic import ValidationError
@@ -127,15 +136,28 @@ def generate(
             seed=seed,
             negative_prompt=negative_prompt,
             format=fmt,
+            loras=_lora_specs(lora or []) or None,
         )
     except ValidationError as exc:
         _fail("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()))
     if server is not None:
-        if model is not None or device is not None:
-            _fail("--model and --device choose a model to load here; with --server the service's model is used")
+        if model is not None or device is not None or lora_dir is not None:
+            _fail("--model, --device and --lora-dir choose a model to load here; with --server the service's is used")
         _generate_remote(body, output, server, token)
     else:
-        _generate_local(body, output, model, device)
+        _generate_local(body, output, model, device, lora_dir)
+
+
+def _lora_specs(specs: list[str]) -> list[dict]:
+    """`NAME[:STRENGTH]` -> request items (names never contain ':')."""
+    out = []
+    for spec in specs:
+        name, sep, strength = spec.partition(":")
+        try:
+            out.append({"name": name, "strength": float(strength)} if sep else {"name": name})
+        except ValueError:
+            _fail(f"--lora {spec}: the strength after ':' must be a number")
+    return out
 
 
 def _generate_remote(body: StableAudioRequest, output: Path, server: str, token: str | None) -> None:
@@ -175,12 +197,14 @@ def _generate_remote(body: StableAudioRequest, output: Path, server: str, token:
     _wrote(output, result.duration, result.sample_rate, result.channels, result.format, result.seed)
 
 
-def _generate_local(body: StableAudioRequest, output: Path, model: str | None, device: str | None) -> None:
+def _generate_local(
+    body: StableAudioRequest, output: Path, model: str | None, device: str | None, lora_dir: Path | None = None
+) -> None:
     """`generate` without --server: load the model here and run the request through an engine."""
     from .engine import Engine, JobStatus
     from .models.loading import ModelLoadError, load_model
 
-    settings = _settings(model=model, device=device)
+    settings = _settings(model=model, device=device, lora_dir=lora_dir)
     try:
         loaded, _info = load_model(settings)
     except ModelLoadError as exc:

@@ -68,6 +68,14 @@ class Settings(BaseSettings):
         description="Most samples (frames x channels, at the file's own rate, as its header declares) an audio "
         "upload may decode to; checked before decoding. The default holds 400 s of 48 kHz stereo.",
     )
+    lora_dir: Path | None = Field(
+        None,
+        description="Stable Audio 3: a directory of LoRA adapters in Stability's format (.safetensors; name = file "
+        "stem) that requests may name in `loras`. Unset: no adapters.",
+    )
+    lora_cache_mb: float = Field(
+        512.0, gt=0, description="Memory for loaded adapters and their per-set plans (least recently used evicted)."
+    )
     api_key: str | None = Field(None, description="When set, every route but /health needs 'Authorization: Bearer'.")
     cors_origins: str = Field("", description="Comma-separated origins allowed by CORS; empty: CORS off.")
     log_level: str = "info"

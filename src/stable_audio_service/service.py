@@ -106,9 +106,7 @@ def check_request(req: StableAudioRequest, model: AudioModel, settings: Settings
                 ["inpaint_regions", i, "start_s"], f"starts at or after the end of the output ({duration:g} s)"
             )
 
-    loras: tuple[LoraRef, ...] = tuple(LoraRef(x.name, x.strength) for x in (req.loras or []))
-    if loras and not caps.loras:
-        raise RequestError("loras", f"adapters are not supported by {model.family} models")
+    loras = check_loras(req, model)
     return {
         "prompt": req.prompt,
         "duration": duration,
@@ -120,6 +118,23 @@ def check_request(req: StableAudioRequest, model: AudioModel, settings: Settings
         "apg_scale": apg,
         "loras": loras,
     }
+
+
+def check_loras(req: StableAudioRequest, model: AudioModel) -> tuple[LoraRef, ...]:
+    """LoRA (issue 16): each named adapter must be in the model's adapter directory and fit the model (checked
+    when the directory was scanned, so this is a look-up); strength bounds are the schema's."""
+    loras = tuple(LoraRef(x.name, float(x.strength)) for x in (req.loras or []))
+    if not loras:
+        return ()
+    adapters = getattr(model, "loras", None)
+    if not model.capabilities.loras or adapters is None:
+        why = "no adapter directory is configured (STABLE_AUDIO_LORA_DIR)" if model.family == "sa3" else ""
+        raise RequestError("loras", f"adapters are not supported by {model.family} models{': ' if why else ''}{why}")
+    for i, ref in enumerate(loras):
+        problem = adapters.problem(ref.name)
+        if problem is not None:
+            raise RequestError(["loras", i, "name"], problem)
+    return loras
 
 
 def has_uploads(req: StableAudioRequest) -> bool:

@@ -211,7 +211,8 @@ class Metrics:
     """The service's instruments. In Prometheus they read as
     stable_audio_requests_total{outcome}, stable_audio_request_duration_seconds{outcome},
     stable_audio_queue_depth, stable_audio_running, stable_audio_batch_size, stable_audio_audio_generated_seconds_total,
-    stable_audio_realtime_factor, stable_audio_device_memory_used_bytes{device,scope}."""
+    stable_audio_realtime_factor, stable_audio_device_memory_used_bytes{device,scope},
+    stable_audio_lora_uses_total{adapter,outcome}."""
 
     def __init__(self, meter) -> None:
         from opentelemetry.metrics import Observation
@@ -242,6 +243,11 @@ class Metrics:
             unit="1",
             description="Processing seconds per second of audio generated (below 1: faster than real time).",
             explicit_bucket_boundaries_advisory=RTF_BUCKETS,
+        )
+        self.lora_uses = meter.create_counter(
+            "stable_audio.lora.uses",
+            unit="1",
+            description="Requests that applied a LoRA adapter, by adapter name and outcome (one per adapter).",
         )
         meter.create_observable_gauge(
             "stable_audio.queue.depth", [self._queue_depth], unit="1", description="Requests waiting in the queue."
@@ -324,6 +330,9 @@ def _job_attributes(job, model: Any = None) -> dict[str, Any]:
         attrs["stable_audio.model"] = str(getattr(model, "name", model))
     if job.client_job_id:
         attrs["stable_audio.client_job_id"] = job.client_job_id
+    loras = getattr(p, "loras", ())
+    if loras:  # LoRA (issue 16): "name:strength" in the order applied
+        attrs["stable_audio.loras"] = [f"{r.name}:{r.strength:g}" for r in loras]
     return attrs
 
 
@@ -376,6 +385,8 @@ def _record_metrics(job, outcome: str) -> None:
     m.requests.add(1, {"outcome": outcome})
     if job.finished is not None:
         m.latency.record(max(0.0, job.finished - job.created), {"outcome": outcome})
+    for name in dict.fromkeys(r.name for r in getattr(job.params, "loras", ())):
+        m.lora_uses.add(1, {"adapter": name, "outcome": outcome})
     if job.result is not None:
         audio_s = job.result.duration
         m.audio_seconds.add(audio_s)

@@ -24,6 +24,7 @@ from ..engine import Engine
 from ..models.loading import ModelLoadError, load_model
 from ..service import RequestError
 from ..web import router as web_router
+from .loras import router as loras_router
 from .metrics import router as metrics_router
 from .openapi import install_openapi
 from .routes import router
@@ -160,6 +161,7 @@ def create_app(
     )
     app.state.service = state
     app.include_router(router)
+    app.include_router(loras_router)
     app.include_router(metrics_router)
     app.include_router(web_router)
     app.add_middleware(GuardMiddleware, max_body_bytes=settings.max_body_bytes, api_key=settings.api_key)

@@ -108,7 +108,10 @@ def _submit(engine: Engine, resolved: service.Resolved, keep: bool = True) -> Jo
 
 def _meta(job: Job) -> ResponseMetadata:
     ctx = job.context or {}
-    return ResponseMetadata(client_job_id=job.client_job_id, trace_id=ctx.get("trace_id"), span_id=ctx.get("span_id"))
+    loras = [{"name": r.name, "strength": r.strength} for r in job.params.loras] or None  # LoRA (issue 16)
+    return ResponseMetadata(
+        client_job_id=job.client_job_id, trace_id=ctx.get("trace_id"), span_id=ctx.get("span_id"), loras=loras
+    )
 
 
 def _result(job: Job) -> StableAudioResponse:

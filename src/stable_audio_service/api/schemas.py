@@ -27,7 +27,10 @@ def _clean_text(value: str | None, field: str) -> str | None:
 # service layer) and written into the served OpenAPI schema (api/openapi.py).
 MAX_DURATION_ANY_MODEL = 400.0
 MAX_INPAINT_REGIONS = 16
+# LoRA: Stability's code takes any float strength (its Gradio slider spans 0-10); negative strengths subtract the
+# adapter's direction. Each adapter adds low-rank work to every targeted layer, hence a small per-request maximum.
 MAX_LORAS_PER_REQUEST = 4
+MAX_LORA_STRENGTH = 10.0
 LORA_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 
 
@@ -35,7 +38,18 @@ class LoraRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     name: str = Field(..., pattern=LORA_NAME_PATTERN, description="Adapter name: its file stem (GET /loras).")
-    strength: float = Field(1.0, ge=-10.0, le=10.0, description="Scale of the adapter's low-rank term.")
+    strength: float = Field(
+        1.0,
+        ge=-MAX_LORA_STRENGTH,
+        le=MAX_LORA_STRENGTH,
+        description="Stability's `lora_strength`: scales the adapter's low-rank term (scale = strength x alpha / "
+        "rank). DoRA adapters renormalise in full at any strength but 0, and 0 turns them off exactly.",
+    )
+
+
+class AppliedLora(BaseModel):
+    name: str
+    strength: float
 
 
 class InpaintRegion(BaseModel):
@@ -89,7 +103,8 @@ class StableAudioRequest(BaseModel):
     loras: list[LoraRequest] | None = Field(
         None,
         max_length=MAX_LORAS_PER_REQUEST,
-        description="Stable Audio 3 only: adapters applied in this order (GET /loras lists them).",
+        description="Stable Audio 3 only: LoRA adapters, applied in this order, each to what the previous ones "
+        f"made (as Stability's stacking does); at most {MAX_LORAS_PER_REQUEST}. GET /loras lists them.",
     )
     seed: int | None = Field(None, ge=0, le=MAX_SEED, description="Same seed and parameters give the same audio.")
     negative_prompt: str | None = Field(None, max_length=MAX_PROMPT_CHARS, description="What to steer away from.")
@@ -136,6 +151,7 @@ class ResponseMetadata(BaseModel):
     client_job_id: str | None = None
     trace_id: str | None = Field(None, description="32 hex digits: the request span's trace.")
     span_id: str | None = Field(None, description="16 hex digits: the request span.")
+    loras: list[AppliedLora] | None = Field(None, description="The LoRA adapters applied, in order (Stable Audio 3).")
 
 
 class Timings(BaseModel):

@@ -217,6 +217,8 @@ def _sa3_load(req: LoadRequest) -> AudioModel:
         dtype=req.dtype,
         text_cache_size=req.settings.text_cache_size,
         max_duration=req.settings.max_duration,
+        lora_dir=req.settings.lora_dir,  # LoRA (issue 16)
+        lora_cache_mb=req.settings.lora_cache_mb,
     )
 
 

@@ -1,0 +1,79 @@
+"""`GET /loras` and `POST /loras/reload`: the LoRA adapters the loaded model can apply per request (issue 16).
+
+Every file of the adapter directory is listed, usable or not: a broken or incompatible file shows why (`fits`,
+`problem`) and never stops the service. Shapes are checked against the loaded base when the directory is scanned
+(at load, on reload, and when the directory changes), not per request.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
+
+from .routes import ERROR_RESPONSES, EngineDep
+from .schemas import MAX_LORA_STRENGTH, MAX_LORAS_PER_REQUEST
+
+router = APIRouter(responses=ERROR_RESPONSES, tags=["loras"])
+
+
+class LoraInfo(BaseModel):
+    name: str = Field(..., description="What a request's `loras[].name` says: the file stem.")
+    file: str
+    adapter_type: str | None = Field(None, description="lora, dora-rows, dora-cols or lora-xs (legacy dora resolved).")
+    rank: int | None = None
+    alpha: float | None = None
+    include: list[str] | None = None
+    exclude: list[str] | None = None
+    modules: list[str] = Field(default_factory=list, description="Modules the file has tensors for.")
+    targeted_modules: int = Field(0, description="Modules it acts on (its include/exclude filter; DoRA acts on all).")
+    tensors: int = 0
+    size_bytes: int = 0
+    memory_bytes: int = Field(0, description="Memory once loaded (float32).")
+    batching: str | None = Field(
+        None,
+        description="shared: batches with any other request (per-row low-rank terms on a shared base forward); "
+        "grouped: only with requests of the same adapters and strengths (merged weights, dora-cols).",
+    )
+    fits: bool = Field(..., description="Usable with the loaded model (shapes checked when the directory was read).")
+    problem: str | None = Field(None, description="Why it is not usable.")
+    warnings: list[str] = Field(default_factory=list)
+
+
+class LoraList(BaseModel):
+    enabled: bool = Field(..., description="The loaded model serves adapters (STABLE_AUDIO_LORA_DIR is set).")
+    model: str
+    directory_error: str | None = None
+    max_per_request: int = MAX_LORAS_PER_REQUEST
+    strength: dict[str, float] = {"default": 1.0, "minimum": -MAX_LORA_STRENGTH, "maximum": MAX_LORA_STRENGTH}
+    cache: dict[str, Any] | None = None
+    loras: list[LoraInfo]
+
+
+def _listing(model: Any, rescan: bool) -> LoraList:
+    adapters = getattr(model, "loras", None)
+    if adapters is None or not model.capabilities.loras:
+        return LoraList(enabled=False, model=model.name, loras=[])
+    registry = adapters.registry
+    infos = registry.scan() if rescan else registry.list()
+    return LoraList(
+        enabled=True,
+        model=model.name,
+        directory_error=registry.error,
+        cache=registry.stats(),
+        loras=[LoraInfo(**info.public()) for info in sorted(infos, key=lambda i: i.name)],
+    )
+
+
+@router.get("/loras", response_model=LoraList)
+async def list_loras(engine: EngineDep) -> Any:
+    """The adapters of the configured directory, each with whether it fits the loaded model and why not."""
+    return await run_in_threadpool(_listing, engine.model, False)
+
+
+@router.post("/loras/reload", response_model=LoraList)
+async def reload_loras(engine: EngineDep) -> Any:
+    """Read the directory again (new, changed and removed files); requests already running keep their adapters."""
+    return await run_in_threadpool(_listing, engine.model, True)
