@@ -27,38 +27,43 @@ import psutil
 from stable_audio_service.engine import Engine
 from tests.fake_model import FakeModel, Watcher, params
 
-keep, budget_mib, runs = sys.argv[1] == "keep", int(sys.argv[2]), int(sys.argv[3])
-model, watch = FakeModel(sample_rate=44100), Watcher()
-engine = Engine(model, observer=watch, batch_wait_ms=0, max_result_bytes=budget_mib * 2**20)
-engine.start()
+budget_mib, runs = int(sys.argv[1]), int(sys.argv[2])
 proc = psutil.Process()
+report = {}
+for keep in (False, True):
+    model, watch = FakeModel(sample_rate=44100), Watcher()
+    engine = Engine(model, observer=watch, batch_wait_ms=0, max_result_bytes=budget_mib * 2**20)
+    engine.start()
 
+    def generate(seed):
+        job = engine.submit(params(seed=seed, steps=2, duration=30.0), keep=keep)
+        watch.wait(job)
+        assert job.status.value == "done", job.error
+        return len(job.result.data)
 
-def generate(seed):
-    job = engine.submit(params(seed=seed, steps=2, duration=30.0), keep=keep)
-    watch.wait(job)
-    assert job.status.value == "done", job.error
-    return len(job.result.data)
-
-
-for seed in range(3):  # warm up: lazy imports, allocator pools
-    size = generate(seed)
-gc.collect()
-start = peak = proc.memory_info().rss
-for seed in range(100, 100 + runs):
-    generate(seed)
-    peak = max(peak, proc.memory_info().rss)
-gc.collect()
-end = proc.memory_info().rss
-engine.shutdown(grace_s=0)
-print(json.dumps({"start": start, "peak": peak, "end": end, "result_bytes": size,
-                  "kept": engine.kept_count(), "kept_bytes": engine.result_bytes()}))
+    for seed in range(3):  # warm up: lazy imports, allocator pools
+        size = generate(seed)
+    gc.collect()
+    start = peak = proc.memory_info().rss
+    for seed in range(100, 100 + runs):
+        generate(seed)
+        peak = max(peak, proc.memory_info().rss)
+    gc.collect()
+    end = proc.memory_info().rss
+    report["keep" if keep else "forget"] = {"start": start, "peak": peak, "end": end, "result_bytes": size,
+                                             "kept": engine.kept_count(), "kept_bytes": engine.result_bytes()}
+    engine.shutdown(grace_s=0)
+    del engine, model, watch, generate
+    gc.collect()
+print(json.dumps(report))
 """
 
 
-def run(keep: bool) -> dict:
+@pytest.fixture(scope="module")
+def runs() -> dict:
+    """Both runs in one fresh child process (one interpreter start): forgotten results first, then kept ones."""
     proc = subprocess.run(
-        [sys.executable, "-c", SCRIPT, "keep" if keep else "forget", str(BUDGET_MIB), str(RUNS)],
+        [sys.executable, "-c", SCRIPT, str(BUDGET_MIB), str(RUNS)],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -73,8 +78,8 @@ MIB = 2**20
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RSS figures are calibrated on Linux")
-def test_forty_predict_style_30_s_generations_leave_rss_where_it_was():
-    r = run(keep=False)
+def test_forty_predict_style_30_s_generations_leave_rss_where_it_was(runs):
+    r = runs["forget"]
     growth = (r["end"] - r["start"]) / MIB
     record(
         "Memory (engine, 40 sequential 30 s stereo generations, fake model)",
@@ -87,8 +92,8 @@ def test_forty_predict_style_30_s_generations_leave_rss_where_it_was():
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RSS figures are calibrated on Linux")
-def test_forty_kept_30_s_results_stay_within_the_byte_budget():
-    r = run(keep=True)
+def test_forty_kept_30_s_results_stay_within_the_byte_budget(runs):
+    r = runs["keep"]
     growth = (r["end"] - r["start"]) / MIB
     record(
         "Memory (engine, 40 sequential 30 s stereo generations, fake model)",
