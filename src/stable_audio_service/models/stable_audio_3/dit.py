@@ -135,19 +135,24 @@ class Attention(nn.Module):
         context: torch.Tensor | None = None,
         rotary: torch.Tensor | None = None,
         value_mask: torch.Tensor | None = None,
+        kv: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        """`kv`: `to_kv(context)` computed earlier (speed, issue 12: a request's context is the same at every
+        step, so its cross-attention keys and values are computed once; `context` is then not read)."""
         h, kv_h = self.num_heads, self.kv_heads
         if self.cross:
-            assert context is not None
+            if kv is None:
+                assert context is not None
+                kv = self.to_kv(context)
             if self.differential:
                 q, q_diff = self.to_q(x).chunk(2, dim=-1)
                 q = torch.stack([_heads(q, h), _heads(q_diff, h)], dim=1)
-                k, k_diff, v = self.to_kv(context).chunk(3, dim=-1)
+                k, k_diff, v = kv.chunk(3, dim=-1)
                 k = torch.stack([_heads(k, kv_h), _heads(k_diff, kv_h)], dim=1)
                 v = _heads(v, kv_h)
             else:
                 q = _heads(self.to_q(x), h)
-                k, v = self.to_kv(context).chunk(2, dim=-1)
+                k, v = kv.chunk(2, dim=-1)
                 k, v = _heads(k, kv_h), _heads(v, kv_h)
         elif self.differential:
             q, k, v, q_diff, k_diff = (_heads(p, h) for p in self.to_qkv(x).chunk(5, dim=-1))
@@ -226,6 +231,7 @@ class TransformerBlock(nn.Module):
         rotary: torch.Tensor,
         value_mask: torch.Tensor | None,
         local_add_cond: torch.Tensor | None,
+        context_kv: torch.Tensor | None = None,
     ) -> torch.Tensor:
         scale_self, shift_self, gate_self, scale_ff, shift_ff, gate_ff = (
             (self.to_scale_shift_gate + global_cond).unsqueeze(1).chunk(6, dim=-1)
@@ -236,7 +242,7 @@ class TransformerBlock(nn.Module):
         x = self.self_attn(x, rotary=rotary, value_mask=value_mask)
         x = x * torch.sigmoid(1 - gate_self)
         x = x + residual
-        x = x + self.cross_attn(self.cross_attend_norm(x), context=context)
+        x = x + self.cross_attn(self.cross_attend_norm(x), context=context, kv=context_kv)
         if local_add_cond is not None and self.to_local_embed is not None:
             local = self.to_local_embed(local_add_cond)
             # zeros on the memory tokens in front (Stability's `_left_pad_to_match`)
@@ -269,8 +275,10 @@ class ContinuousTransformer(nn.Module):
         global_cond: torch.Tensor,
         local_add_cond: torch.Tensor | None,
         padding_mask: torch.Tensor | None,
+        context_kv: list[torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        """`global_cond` is already through `global_cond_embedder` (the caller runs it per request)."""
+        """`global_cond` is already through `global_cond_embedder` (the caller runs it per request); `context_kv`:
+        each layer's cross-attention `to_kv(context)`, computed earlier (`DiffusionTransformer.cross_kv`)."""
         batch = x.shape[0]
         x = self.project_in(x)
         if self.num_memory_tokens:
@@ -280,8 +288,9 @@ class ContinuousTransformer(nn.Module):
         if padding_mask is not None:
             memory_valid = torch.ones(batch, self.num_memory_tokens, device=x.device, dtype=torch.bool)
             value_mask = torch.cat([memory_valid, padding_mask], dim=-1)
-        for layer in self.layers:
-            x = layer(x, context, global_cond, rotary, value_mask, local_add_cond)
+        for i, layer in enumerate(self.layers):
+            kv = None if context_kv is None else context_kv[i]
+            x = layer(x, context, global_cond, rotary, value_mask, local_add_cond, kv)
         return self.project_out(x[:, self.num_memory_tokens :, :])
 
 
@@ -317,19 +326,23 @@ class DiffusionTransformer(nn.Module):
         self,
         x: torch.Tensor,
         t: torch.Tensor,
-        context: torch.Tensor,
+        context: torch.Tensor | None,
         global_cond: torch.Tensor,
         local_add_cond: torch.Tensor | None = None,
         padding_mask: torch.Tensor | None = None,
         row_groups: list[int] | None = None,
+        context_kv: list[torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """`row_groups`: rows per request (1, or 2 under guidance), in order. The per-request vectors (timestep and
         global embeddings) are then projected request by request: a matrix product over 1 row and over several
-        rounds differently, and each request must get exactly the numbers of its solo (official) forward."""
+        rounds differently, and each request must get exactly the numbers of its solo (official) forward.
+        `context_kv` (speed, issue 12): `cross_kv(context)` of these rows, computed once per request; `context`
+        is then not used."""
         dtype = self.preprocess_conv.weight.dtype
         x = x.to(dtype)
         t = t.float()  # the official code keeps t in float32 whatever the weights' dtype
-        context = self.to_cond_embed(context.to(dtype))
+        if context_kv is None:
+            context = self.to_cond_embed(context.to(dtype))
         if local_add_cond is not None:
             local_add_cond = local_add_cond.to(dtype).transpose(1, 2)
         t_cond = (self._logsnr_cond(t) if self.cfg.timestep_features_logsnr else t).to(dtype)
@@ -344,6 +357,14 @@ class DiffusionTransformer(nn.Module):
                 embedded.append(self.transformer.global_cond_embedder(global_embed))
             first += g_rows.shape[0]
         x = self.preprocess_conv(x) + x
-        out = self.transformer(x.transpose(1, 2), context, torch.cat(embedded), local_add_cond, padding_mask)
+        out = self.transformer(
+            x.transpose(1, 2), context, torch.cat(embedded), local_add_cond, padding_mask, context_kv
+        )
         out = out.transpose(1, 2)
         return self.postprocess_conv(out) + out
+
+    def cross_kv(self, context: torch.Tensor) -> list[torch.Tensor]:
+        """Every layer's cross-attention keys and values (`to_kv` of the projected context) for these rows: the
+        same numbers `forward` computes from `context`, which stays the same at every step of a request."""
+        context = self.to_cond_embed(context.to(self.preprocess_conv.weight.dtype))
+        return [layer.cross_attn.to_kv(context) for layer in self.transformer.layers]

@@ -146,6 +146,7 @@ class SA3State(GenerationState):
     denoised: torch.Tensor | None = None  # the last step's prediction (the final latents after the last step)
     noise: torch.Tensor | None = None  # the last step's re-noising draw
     lora: lora.SetPlan | None = None  # LoRA (issue 16): the request's adapters, planned once
+    cross_kv: list[torch.Tensor] | None = None  # speed (issue 12): per layer, to_kv of the context rows
 
 
 class StableAudio3Model(AudioModel[SA3State]):
@@ -185,6 +186,9 @@ class StableAudio3Model(AudioModel[SA3State]):
         # Return the source sample for sample outside the regenerated regions (the model's own output there is
         # only a reconstruction of it); False returns exactly what Stability's generate() returns.
         self.keep_inpaint_source = True
+        # Speed (issue 12): compute a request's cross-attention keys/values once instead of at every step (same
+        # numbers); False is the plain path the benchmark compares against.
+        self.cache_cross_kv = True
         self.loras: lora.SA3Loras | None = None  # LoRA (issue 16): set by enable_loras
 
     # -- loading -----------------------------------------------------------------------------------------
@@ -417,9 +421,24 @@ class StableAudio3Model(AudioModel[SA3State]):
         local = None if locals_[0] is None else torch.cat(locals_)
         groups = [1 if u is None else 2 for _, u in rows]
         segments = [(c, c + g, s.lora) for s, (c, _), g in zip(states, rows, groups, strict=True)]  # LoRA (issue 16)
+        context_kv = None
+        if self.cache_cross_kv:  # speed (issue 12): see SA3State.cross_kv
+            for state, (c, _), g in zip(states, rows, groups, strict=True):
+                if state.cross_kv is None:
+                    with lora.applied_to_rows([(0, g, state.lora)]):
+                        state.cross_kv = self.dit.cross_kv(torch.cat(contexts[c : c + g]))
+            per_state = [s.cross_kv for s in states]
+            context_kv = per_state[0] if len(states) == 1 else [torch.cat(kv) for kv in zip(*per_state, strict=True)]
         with lora.applied_to_rows(segments):
             out = self.dit(
-                torch.cat(xs), torch.cat(ts), torch.cat(contexts), torch.cat(globals_), local, torch.cat(masks), groups
+                torch.cat(xs),
+                torch.cat(ts),
+                None if context_kv is not None else torch.cat(contexts),
+                torch.cat(globals_),
+                local,
+                torch.cat(masks),
+                groups,
+                context_kv,
             ).float()
         for state, (c, u) in zip(states, rows, strict=True):
             i = state.step
@@ -455,6 +474,7 @@ class StableAudio3Model(AudioModel[SA3State]):
             result = np.where(state.inpaint_keep[None, :], state.inpaint_source, result).astype(np.float32)
         state.x = state.context = state.global_cond = state.padding_mask = torch.empty(0)
         state.uncond_context = state.local_cond = state.denoised = state.noise = None
+        state.cross_kv = None
         state.inpaint_keep = state.inpaint_source = None
         state.lora = None
         return result
