@@ -70,8 +70,9 @@ STOP_MARGIN_S = 30.0  # beyond the replicas' grace period, how long SIGTERM wait
 TERMINAL_EVENTS = ("done", "failed", "cancelled")
 JOB_ID = re.compile(r"^([A-Za-z0-9_-]{1,64})\.([0-9a-f]{32})$")
 REPLICA_GONE = "the model replica running this job stopped; retry"
-# Settings that configure where and how HTTP is served: the ingress's business, not a replica's.
-FORWARDED_ENV = ("OTEL_", "HF_", "STABLE_AUDIO_", "TORCH_", "PYTORCH_", "CUDA_", "HIP_", "ROCR_")
+# Environment that travels with the replicas to other machines: telemetry, the Hugging Face cache and token,
+# service settings, torch switches. Never the visible-devices variables: Ray assigns each replica its GPU.
+FORWARDED_ENV = ("OTEL_", "HF_", "STABLE_AUDIO_", "TORCH_", "PYTORCH_")
 
 
 def owner_of(job_id: Any) -> str | None:
@@ -668,9 +669,7 @@ class ClusterEngine:
         return task
 
     # -- submitted jobs ---------------------------------------------------------------------------------
-    def start_run(
-        self, job: Job, params: GenerationParams, carrier: dict[str, str], predict: bool, owner_tag: str
-    ) -> _Run:
+    def start_run(self, job: Job, params: GenerationParams, carrier: dict[str, str], predict: bool) -> _Run:
         run = _Run(job)
         self._runs[job.id] = run
         run.task = self._spawn(self._drive(run, params, carrier, predict))
@@ -877,7 +876,7 @@ class RequestEngine:
         job.remote_position = self.reservation["position"]  # type: ignore[attr-defined]
         self.submitted = True
         predict = self.predict or not keep
-        self.cluster.start_run(job, params, carrier, predict, self.reservation["replica"])
+        self.cluster.start_run(job, params, carrier, predict)
         return job
 
     def get(self, job_id: str) -> Job | None:
