@@ -45,7 +45,7 @@ from ..base import (
     to_audio,
 )
 from ..loading import ModelLoadError
-from . import lora, sampling
+from . import accel, lora, sampling
 from .checkpoint import CheckpointFiles, count_parameters, load_tensors, resolve_checkpoint
 from .conditioning import DurationConditioner, TextConditioner
 from .config import DEFAULT_DURATION_PADDING_S, SA3Config
@@ -189,6 +189,7 @@ class StableAudio3Model(AudioModel[SA3State]):
         # Speed (issue 12): compute a request's cross-attention keys/values once instead of at every step (same
         # numbers); False is the plain path the benchmark compares against.
         self.cache_cross_kv = True
+        self.decode_kept = True  # speed (issue 12): decode only what the clip returns (accel.decode_kept)
         self.loras: lora.SA3Loras | None = None  # LoRA (issue 16): set by enable_loras
 
     # -- loading -----------------------------------------------------------------------------------------
@@ -456,8 +457,12 @@ class StableAudio3Model(AudioModel[SA3State]):
     @torch.no_grad()
     def decode(self, state: SA3State) -> torch.Tensor:
         """Stability's output before the float32 cast: decode (with its draws), padded frames zeroed."""
-        audio = self.autoencoder.decode(state.x.to(self.torch_dtype), state.generator)
         hop = self.config.hop
+        if self.decode_kept:  # speed (issue 12): only the latents whose audio is returned (see accel.decode_kept)
+            keep = math.ceil(state.window.output_samples / hop)
+            audio = accel.decode_kept(self.autoencoder, state.x.to(self.torch_dtype), state.generator, keep)
+        else:
+            audio = self.autoencoder.decode(state.x.to(self.torch_dtype), state.generator)
         frame_mask = state.padding_mask.unsqueeze(1).repeat_interleave(hop, dim=-1)
         length = audio.shape[-1]
         if frame_mask.shape[-1] >= length:
