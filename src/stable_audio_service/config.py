@@ -76,6 +76,17 @@ class Settings(BaseSettings):
     lora_cache_mb: float = Field(
         512.0, gt=0, description="Memory for loaded adapters and their per-set plans (least recently used evicted)."
     )
+    # Speed levers (issue 12; Stable Audio 3 on the CPU, see models/stable_audio_3/accel.py)
+    threads: int = Field(0, ge=0, description="Intra-op torch threads; 0: one per CPU core this process may use.")
+    quantize: Literal["none", "int8"] = Field(
+        "none",
+        description="sa3: 'int8' quantises the Linear layers of the DiT, SAME and T5Gemma dynamically (CPU, about 2x "
+        "faster matmuls; changes the numbers, so opt-in until judged on real weights).",
+    )
+    compile: bool = Field(
+        False,
+        description="sa3: torch.compile the DiT blocks and SAME layers and warm them up at start-up (/ready waits).",
+    )
     api_key: str | None = Field(None, description="When set, every route but /health needs 'Authorization: Bearer'.")
     cors_origins: str = Field("", description="Comma-separated origins allowed by CORS; empty: CORS off.")
     log_level: str = "info"

@@ -208,9 +208,10 @@ def _sa3_working(path: Path, dtype: torch.dtype, seconds: float) -> int:
 
 
 def _sa3_load(req: LoadRequest) -> AudioModel:
+    from .stable_audio_3 import accel
     from .stable_audio_3.family import StableAudio3Model
 
-    return StableAudio3Model.from_checkpoint(
+    model = StableAudio3Model.from_checkpoint(
         req.path,
         name=req.name,
         device=req.device,
@@ -220,6 +221,8 @@ def _sa3_load(req: LoadRequest) -> AudioModel:
         lora_dir=req.settings.lora_dir,  # LoRA (issue 16)
         lora_cache_mb=req.settings.lora_cache_mb,
     )
+    accel.from_settings(model, req.settings)  # speed levers (issue 12)
+    return model
 
 
 FAMILIES: dict[str, Family] = {

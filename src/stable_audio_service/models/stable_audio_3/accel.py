@@ -204,9 +204,9 @@ def compile_model(model: Any) -> list[str]:
     return parts
 
 
-def warmup_durations(longest: float) -> list[float]:
-    """Clip lengths whose latent lengths the warm-up runs: short, the default 10 s, a long one."""
-    return sorted({d for d in (1.0, 10.0, 30.0, longest) if d <= longest})
+# The warm-up compiles two latent lengths: the first call of a compiled layer specialises on its shape, the second
+# (another length) makes dynamo compile the dynamic-shape graph every later length reuses.
+DEFAULT_WARMUP_S = 10.0
 
 
 def warm_up(model: Any, durations: Iterable[float], progress: Any = None) -> float:
@@ -242,4 +242,23 @@ def apply(model: Any, *, quantize: str = "none", compile: bool = False, threads:
         on["int8"] = quantize_int8(model)
     if compile:
         on["compile"] = compile_model(model)
+    return on
+
+
+def from_settings(model: Any, settings: Any) -> dict:
+    """`apply` with the service's settings (`STABLE_AUDIO_THREADS`, `_QUANTIZE`, `_COMPILE`); with compile, the
+    warm-up runs here, inside model loading, so `/ready` stays 503 until it is done (progress in the log)."""
+    on = apply(
+        model,
+        quantize=str(getattr(settings, "quantize", "none")),
+        compile=bool(getattr(settings, "compile", False)),
+        threads=int(getattr(settings, "threads", 0) or 0) or None,
+    )
+    if on.get("compile"):
+        longest = float(model.limits.duration.maximum)
+        durations = [d for d in (1.0, DEFAULT_WARMUP_S) if d <= longest] or [longest]
+        log.info("compile: warming up for %s s clips (the service is not ready until this ends)", durations)
+        on["warmup_s"] = round(warm_up(model, durations), 1)
+    model.speed_levers = on
+    log.info("sa3 speed levers: %s", on)
     return on
