@@ -54,3 +54,49 @@ def test_configure_threads_sets_intra_op_threads() -> None:
         assert accel.configure_threads(1) == 1 and torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def tiny_sa3(tmp_path_factory):
+    from stable_audio_service.models.stable_audio_3.family import StableAudio3Model
+    from stable_audio_service.models.tiny import make_tiny
+
+    path = make_tiny(tmp_path_factory.mktemp("sa3-accel") / "small", family="sa3", structure="small")
+    return lambda: StableAudio3Model.from_checkpoint(path, name="tiny", device="cpu", dtype=torch.float32)
+
+
+def _generate(model, seed: int = 3):
+    from stable_audio_service.models.base import GenerationParams
+
+    state = model.start(
+        GenerationParams(prompt="a drum", duration=1.0, guidance_scale=1.0, num_inference_steps=3, seed=seed)
+    )
+    while not state.finished:
+        model.step([state])
+    return state.x.clone(), model.finish(state)
+
+
+def test_the_exact_levers_keep_the_plain_path_numbers(tiny_sa3) -> None:
+    model = tiny_sa3()
+    fast_latents, fast_audio = _generate(model)
+    model.cache_cross_kv = model.decode_kept = False  # the path before issue 12
+    plain_latents, plain_audio = _generate(model)
+    assert torch.equal(fast_latents, plain_latents)
+    assert abs(fast_audio - plain_audio).max() <= 1e-5
+
+
+@pytest.mark.skipif(not accel.int8_available(), reason="this torch build has no dynamic int8 kernels")
+def test_int8_quantises_every_linear_and_stays_near_fp32(tiny_sa3) -> None:
+    from torch import nn
+
+    model = tiny_sa3()
+    ref_latents, _ = _generate(model)
+    on = accel.apply(model, quantize="int8")
+    assert on["int8"] == ["dit", "autoencoder", "text"]
+    for part in (model.dit, model.autoencoder, model.text.encoder):
+        assert not [m for m in part.modules() if type(m) is nn.Linear]  # all replaced by dynamic int8 Linears
+    latents, audio = _generate(model)
+    assert not torch.equal(latents, ref_latents)  # int8 changes the numbers: hence opt-in
+    rel = float((latents - ref_latents).norm() / ref_latents.norm())
+    assert rel < 0.2, rel
+    assert abs(audio).max() <= 1.0
