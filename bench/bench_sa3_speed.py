@@ -79,8 +79,20 @@ def run_once(model, duration: float, steps: int, seed: int) -> dict:
 def make_fast(model, *, int8: bool, compile: bool):
     """A copy of `model` with the service's levers on (the plain model keeps its fp32 weights)."""
     from stable_audio_service.models.stable_audio_3 import accel
+    from stable_audio_service.models.stable_audio_3.family import StableAudio3Model
 
-    fast = copy.deepcopy(model)
+    text = copy.copy(model.text)  # shares the tokenizer and (empty) cache; its own encoder copy below
+    text.__dict__["encoder"] = copy.deepcopy(model.text.encoder)
+    fast = StableAudio3Model(
+        name=model.name,
+        config=model.config,
+        dit=copy.deepcopy(model.dit),
+        autoencoder=copy.deepcopy(model.autoencoder),
+        text=text,
+        duration=model.duration_cond,
+        device=model.device,
+        dtype=model.torch_dtype,
+    )
     fast.cache_cross_kv = True
     fast.decode_kept = True
     on = accel.apply(fast, quantize="int8" if int8 else "none", compile=compile)
