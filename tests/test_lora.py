@@ -552,3 +552,60 @@ def test_cli_generate_with_lora(tmp_path, ref):
 
     bad = CliRunner().invoke(app, [*args[:8], "--lora", "lora_r4:loud"])
     assert bad.exit_code == 2 and "strength" in bad.output
+
+
+# -- the playground ----------------------------------------------------------------------------------------------
+
+
+def test_playground_picks_adapters_and_strengths(tmp_path, ref):
+    """The page lists the adapters from GET /loras (unusable ones disabled), sends the picked ones in order with
+    their strengths, and the clip is the oracle's stacked case."""
+    import httpx
+
+    from .conftest import LiveServer
+    from .test_web import CHROMIUM, CHROMIUM_ARGS, _browser_missing, fill_fast, open_page
+
+    if _browser_missing():
+        pytest.skip(_browser_missing())
+    from playwright.sync_api import sync_playwright
+
+    adapters = tmp_path / "loras"
+    shutil.copytree(LORAS / "adapters", adapters)
+    (adapters / "broken.safetensors").write_bytes(b"not an adapter")
+    server = LiveServer(Settings(model=str(BASE), lora_dir=adapters, skip_memory_check=True))
+    case = case_of("stack_lora0p7_dora0p3_t2a_4s_cfg1")
+    g = case["generate_kwargs"]
+    try:
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+            page = browser.new_page()
+            page.set_default_timeout(60_000)
+            errors: list[str] = []
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            sent: list[dict] = []
+            page.on("request", lambda r: sent.append(r.post_data_json) if r.method == "POST" else None)
+            open_page(page, server.url)
+            page.wait_for_function("() => document.querySelectorAll('#lora-pick option').length === 3")
+            options = page.eval_on_selector_all("#lora-pick option", "os => os.map(o => [o.value, o.disabled])")
+            assert sorted(options) == [["broken", True], ["dora_rows_r4", False], ["lora_r4", False]]
+            for name in ("lora_r4", "dora_rows_r4", "lora_r4"):
+                page.select_option("#lora-pick", name)
+                page.get_by_role("button", name="Add adapter").click()
+            page.get_by_role("button", name="Remove lora_r4").nth(1).click()  # the third one again
+            strengths = page.locator("#loras input")
+            assert strengths.count() == 2
+            strengths.nth(0).fill("0.7")
+            strengths.nth(1).fill("0.3")
+            fill_fast(page, g["prompt"], seed=g["seed"], steps=g["steps"], duration=g["duration"])
+            page.get_by_role("button", name="Generate").click()
+            page.wait_for_function("() => document.getElementById('spectrogram').dataset.drawn === '1'")
+            job_id = page.evaluate("document.body.dataset.jobId")
+            browser.close()
+        assert not errors, errors
+        body = next(b for b in sent if b and "prompt" in b)
+        assert body["loras"] == [{"name": "lora_r4", "strength": 0.7}, {"name": "dora_rows_r4", "strength": 0.3}]
+        wav = httpx.get(f"{server.url}/jobs/{job_id}/audio", timeout=30).content
+        audio, _ = sf.read(io.BytesIO(wav), dtype="float32", always_2d=True)
+        assert maxdiff(audio.T, ref[f"{case['name']}__audio"][0]) <= 3 * LSB
+    finally:
+        server.stop()
