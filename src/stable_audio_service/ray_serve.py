@@ -68,6 +68,7 @@ ARRIVAL_WAIT_S = 5.0  # how long a replica waits for a reserved job's submission
 RESERVATION_TTL_S = 60.0  # a reserved slot never submitted (invalid request, ingress died) is freed after this
 STOP_MARGIN_S = 30.0  # beyond the replicas' grace period, how long SIGTERM waits for Serve and Ray to stop
 TERMINAL_EVENTS = ("done", "failed", "cancelled")
+SUBMITTING_PATHS = ("/predict", "/jobs")  # the routes that submit work (and so need a reserved queue slot)
 JOB_ID = re.compile(r"^([A-Za-z0-9_-]{1,64})\.([0-9a-f]{32})$")
 REPLICA_GONE = "the model replica running this job stopped; retry"
 # Environment that travels with the replicas to other machines: telemetry, the Hugging Face cache and token,
@@ -774,8 +775,9 @@ class ClusterEngine:
         """`get_engine` for the ingress: the same 503s as one process, then, for a submission whose body is
         valid, a queue slot on a replica (429/503 with Retry-After when the cluster has none)."""
         routes.get_engine(request)
-        view = RequestEngine(self, predict=request.url.path.rstrip("/").endswith("/predict"))
-        if request.method == "POST" and await _valid_body(request):
+        path = request.url.path.rstrip("/")
+        view = RequestEngine(self, predict=path == "/predict")
+        if request.method == "POST" and path in SUBMITTING_PATHS and await _valid_body(request):
             try:
                 view.reservation = await self.reserve()
             except Rejected as exc:
