@@ -467,6 +467,33 @@ def notes(args: argparse.Namespace, results: list[dict[str, Any]]) -> list[str]:
     return out
 
 
+def merge(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One report from several runs: results and notes in run order; a configuration skipped in one run and
+    measured in another counts as measured. The header keeps the first run's machine and both matmul figures."""
+    first, last = runs[0], runs[-1]
+    results = [r for run in runs for r in run["results"]]
+    done = {json.dumps(r["job"], sort_keys=True) for r in results}
+    skipped = [s for run in runs for s in run.get("skipped", []) if json.dumps(s["job"], sort_keys=True) not in done]
+    machine = dict(first["machine"], loadavg_end=last["machine"].get("loadavg_end"))
+    notes = [n for n in first.get("notes", []) if not n.startswith("Not run:")]
+    notes.append(
+        f"Merged from {len(runs)} runs (started {', '.join(run['machine']['date'] for run in runs)}), "
+        f"matmul GFLOP/s at their starts {[run['gflops_start'] for run in runs]}."
+    )
+    notes += [
+        f"Not run: {s['job']['impl']} {s['job']['structure']} {s['job']['clip']:g} s: {s['skipped']}" for s in skipped
+    ]
+    return dict(
+        first,
+        machine=machine,
+        gflops_end=last["gflops_end"],
+        results=results,
+        skipped=skipped,
+        notes=notes,
+        runs=[{"args": run["args"], "date": run["machine"]["date"]} for run in runs],
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--structures", default="small,medium", type=lambda s: s.split(","))
@@ -487,17 +514,32 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--min-free-gib", type=float, default=3.0, help="medium runs only with this much to spare")
     parser.add_argument("--timeout", type=float, default=1800, help="per configuration, seconds")
     parser.add_argument("--json", action="store_true", help=f"write bench/results/{STEM}.json and .md")
+    parser.add_argument("--out", default=STEM, help="results file stem under bench/results")
     parser.add_argument("--render", type=Path, help="re-render the markdown of a results JSON and exit")
+    parser.add_argument(
+        "--merge",
+        type=Path,
+        nargs="+",
+        help="combine the results of several runs (e.g. small, then medium when memory allowed) into --out",
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
     if args.child:
         print("RESULT " + json.dumps(run_child(json.loads(args.child))), flush=True)
         return
+    if args.merge:
+        merged = merge([json.loads(path.read_text()) for path in args.merge])
+        markdown = render(merged)
+        print(markdown)
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        (RESULTS / f"{args.out}.json").write_text(json.dumps(merged, indent=2, default=str) + "\n")
+        (RESULTS / f"{args.out}.md").write_text(markdown + "\n")
+        return
     if args.render:
         data = json.loads(args.render.read_text())
         print(render(data))
-        (RESULTS / f"{STEM}.md").write_text(render(data) + "\n")
+        (RESULTS / f"{args.out}.md").write_text(render(data) + "\n")
         return
 
     quiet()
@@ -543,7 +585,7 @@ def main(argv: list[str] | None = None) -> None:
     markdown = render(data)
     print(markdown)
     if args.json:
-        js, md = write_results(STEM, data, markdown)
+        js, md = write_results(args.out, data, markdown)
         print(f"wrote {js} and {md}")
 
 
