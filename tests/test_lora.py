@@ -480,7 +480,9 @@ def test_bad_lora_requests_are_422_naming_the_field(client, loras, loc, says):
 
 
 def test_models_and_openapi_say_loras_only_with_a_directory(client, tiny_dir):
-    assert client.get("/models").json()["capabilities"]["loras"] is True
+    info = client.get("/models").json()
+    assert info["capabilities"]["loras"] is True
+    assert info["fields"]["loras"]["max_items"] == 4 and info["fields"]["loras"]["strength"]["maximum"] == 10
     assert "loras" in client.get("/openapi.json").json()["components"]["schemas"]["StableAudioRequest"]["properties"]
     other = serve(Settings(model=str(tiny_dir)))  # open-1.0 tiny: no adapters
     try:
@@ -488,6 +490,7 @@ def test_models_and_openapi_say_loras_only_with_a_directory(client, tiny_dir):
         assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "loras"]
         listing = other.get("/loras").json()
         assert listing["enabled"] is False and listing["loras"] == []
+        assert other.get("/models").json()["fields"]["loras"] is None
         schema = other.get("/openapi.json").json()["components"]["schemas"]["StableAudioRequest"]
         assert "loras" not in schema["properties"]
     finally:

@@ -126,10 +126,12 @@ def check_loras(req: StableAudioRequest, model: AudioModel) -> tuple[LoraRef, ..
     loras = tuple(LoraRef(x.name, float(x.strength)) for x in (req.loras or []))
     if not loras:
         return ()
-    adapters = getattr(model, "loras", None)
-    if not model.capabilities.loras or adapters is None:
+    if not model.capabilities.loras:
         why = "no adapter directory is configured (STABLE_AUDIO_LORA_DIR)" if model.family == "sa3" else ""
         raise RequestError("loras", f"adapters are not supported by {model.family} models{': ' if why else ''}{why}")
+    adapters = getattr(model, "loras", None)
+    if adapters is None:  # a model view without weights (the Ray ingress): the replica checks the names
+        return loras
     for i, ref in enumerate(loras):
         problem = adapters.problem(ref.name)
         if problem is not None:
@@ -194,10 +196,18 @@ def request_fields(model: AudioModel, settings: Settings) -> dict[str, Any]:
         "num_inference_steps": limits.num_inference_steps.as_dict(int),
         "apg_scale": caps.apg_scale.as_dict(float) if caps.apg_scale else None,
         "init_noise_level": caps.init_noise_level.as_dict(float) if caps.init_noise_level else None,
+        "loras": _lora_fields() if caps.loras else None,
         "seed": {"default": None, "minimum": 0, "maximum": 2**32 - 1},
         "format": {"default": "wav", "choices": list(audio_io.FORMATS)},
         "prompt": {"max_length": settings.max_prompt_chars},
     }
+
+
+def _lora_fields() -> dict[str, Any]:
+    from .api.schemas import MAX_LORA_STRENGTH, MAX_LORAS_PER_REQUEST
+
+    bound = Bound(1.0, -MAX_LORA_STRENGTH, MAX_LORA_STRENGTH)
+    return {"max_items": MAX_LORAS_PER_REQUEST, "strength": bound.as_dict(float), "names": "GET /loras"}
 
 
 def capabilities(model: AudioModel, settings: Settings) -> dict[str, Any]:

@@ -53,9 +53,11 @@ class LoraList(BaseModel):
 
 
 def _listing(model: Any, rescan: bool) -> LoraList:
+    enabled = bool(getattr(getattr(model, "capabilities", None), "loras", False))
     adapters = getattr(model, "loras", None)
-    if adapters is None or not model.capabilities.loras:
-        return LoraList(enabled=False, model=model.name, loras=[])
+    if adapters is None or not enabled:
+        why = "this process does not hold the model (Ray ingress): the replicas check adapters" if enabled else None
+        return LoraList(enabled=enabled, model=model.name, directory_error=why, loras=[])
     registry = adapters.registry
     infos = registry.scan() if rescan else registry.list()
     return LoraList(

@@ -594,12 +594,12 @@ def build_plan(
 def _factored(target: Target, steps: list[tuple[str, AdapterLayer, torch.Tensor]], dtype: torch.dtype) -> LayerPlan:
     weight = target.module.weight
     device = weight.device
-    dora = any(kind == "dora-rows" for kind, _, _ in steps)
-    w = weight.detach() if dora else None  # the exactly chained weight, for Stability's DoRA norms
+    last_dora = max((i for i, (kind, _, _) in enumerate(steps) if kind == "dora-rows"), default=-1)
+    w = weight.detach() if last_dora >= 0 else None  # the exactly chained weight, for Stability's DoRA norms
     d: torch.Tensor | None = None
     As: list[torch.Tensor] = []
     Bs: list[torch.Tensor] = []
-    for kind, layer, c in steps:
+    for i, (kind, layer, c) in enumerate(steps):
         c = c.to(device)
         pair = layer.factors()
         if kind == "dora-rows":
@@ -615,7 +615,7 @@ def _factored(target: Target, steps: list[tuple[str, AdapterLayer, torch.Tensor]
             if pair is not None:
                 As.append(pair[0])
                 Bs.append(pair[1] * c)
-            if w is not None:
+            if i < last_dora:  # a later DoRA normalises what this step makes
                 w = official_weight(w, [(kind, layer, c)])
     plan = LayerPlan()
     if As:
