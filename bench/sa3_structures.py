@@ -13,15 +13,16 @@ real values in brackets there, and `/work/shared/reference/real-size-models.md`)
 * T5Gemma b-b encoder for both: 12 layers, hidden 768, 12 heads x 64, GeGLU 2048, vocab 256000 (the real vocab, so
   the real 786 MB embedding is in the RSS; the lookup's cost does not depend on it).
 
-Why a second builder beside `bench/sa3_real.py` (small only, uncommitted when this was written): the issue-10
-benchmark needs the medium structure too, and the same medium shapes in diffusers' own classes for the A/B.
+Why a second builder beside `bench/sa3_real.py` (another engineer's, small only, uncommitted when this was
+written): the issue-10 benchmark needs the medium structure too, and the same medium shapes in diffusers' own
+classes for the A/B.
 
 Weights: each module keeps its default initialisation (timing does not depend on weight values) and only the
 parameters that start at exactly zero are drawn (weight-norm `v`, new tokens, zero-initialised gates and output
-projections): a zero `weight_v` would make a NaN weight, and zero gates would turn blocks into identities whose
-work could be skipped by nothing but would still hide bugs. The decoder's output gain is 0.1 so the noise stays
-in [-1, 1]. The tokenizer is the tiny offline Gemma one; prompts are padded to 256 tokens like the real one, so
-the encoder does the real amount of work.
+projections): a zero `weight_v` gives a NaN weight, and NaN or all-zero activations would make the timed run
+unlike a real one. The decoder's output gain is 0.1 so the noise stays small (the run records `decode_finite`).
+The tokenizer is the tiny offline Gemma one; prompts are padded to 256 tokens like the real one, so the encoder
+does the real amount of work.
 """
 
 from __future__ import annotations
