@@ -710,6 +710,8 @@ def test_record_from_the_microphone(live_sa3, browser):
     p.wait_for_function("() => document.getElementById('source-waveform').dataset.drawn === '1'")
     facts = p.locator("#source-facts").inner_text()
     assert "Recording" in facts and "converted to 16-bit WAV" in facts, facts
+    # the player reads the WAV's header asynchronously: wait for its metadata, then check the length
+    p.wait_for_function("() => Number.isFinite(document.getElementById('source-player').duration)")
     seconds = p.evaluate("document.getElementById('source-player').duration")
     assert 1.0 < seconds < 5.0
     assert p.evaluate(CANVAS_STATS, "source-waveform")["lit"] > 0.01  # the fake microphone beeps
