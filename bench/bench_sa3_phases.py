@@ -460,6 +460,17 @@ def notes(args: argparse.Namespace, results: list[dict[str, Any]]) -> list[str]:
         "Plain diffusers is timed as its pipeline runs at guidance 1: no `local_add_cond`, no padding mask, eps "
         "1e-6; ours adds the official all-zero inpainting conditioning and padding mask (see docs/models.md).",
     ]
+    if "small" in args.structures and any(c >= 120 for c in args.clips):
+        out.append(
+            "small at 120 s: the window is capped at the checkpoint's sample_size (5292032 samples = 1292 latents), "
+            "so the 6 s duration padding shrinks to 0 (as in Stability's generate()); medium's cap is 380 s."
+        )
+    no_diffusers = [c for c in args.clips if c not in args.diffusers_clips]
+    if "medium" in args.structures and "diffusers" in args.impls and no_diffusers:
+        out.append(
+            f"plain diffusers not run at {', '.join(f'{c:g} s' for c in no_diffusers)} (`--diffusers-clips`): its "
+            "DiT step is linear in the clip like ours (ratio as at the shorter clips), its decode is not run there."
+        )
     skipped = [r for r in results if r.get("skipped")]
     out += [
         f"Not run: {r['job']['impl']} {r['job']['structure']} {r['job']['clip']:g} s: {r['skipped']}" for r in skipped
@@ -475,12 +486,13 @@ def merge(runs: list[dict[str, Any]]) -> dict[str, Any]:
     done = {json.dumps(r["job"], sort_keys=True) for r in results}
     skipped = [s for run in runs for s in run.get("skipped", []) if json.dumps(s["job"], sort_keys=True) not in done]
     machine = dict(first["machine"], loadavg_end=last["machine"].get("loadavg_end"))
-    notes = [n for n in first.get("notes", []) if not n.startswith("Not run:")]
-    notes.append(
+    args = argparse.Namespace(**dict(last["args"], structures=sorted({r["job"]["structure"] for r in results})))
+    merged_notes = [n for n in notes(args, results) if not n.startswith("Not run:")]
+    merged_notes.append(
         f"Merged from {len(runs)} runs (started {', '.join(run['machine']['date'] for run in runs)}), "
         f"matmul GFLOP/s at their starts {[run['gflops_start'] for run in runs]}."
     )
-    notes += [
+    merged_notes += [
         f"Not run: {s['job']['impl']} {s['job']['structure']} {s['job']['clip']:g} s: {s['skipped']}" for s in skipped
     ]
     return dict(
@@ -489,7 +501,7 @@ def merge(runs: list[dict[str, Any]]) -> dict[str, Any]:
         gflops_end=last["gflops_end"],
         results=results,
         skipped=skipped,
-        notes=notes,
+        notes=merged_notes,
         runs=[{"args": run["args"], "date": run["machine"]["date"]} for run in runs],
     )
 
