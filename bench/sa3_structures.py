@@ -8,8 +8,8 @@ real values in brackets there, and `/work/shared/reference/real-size-models.md`)
   chunk_size 32 with midpoint shift, kernel-3 decoder mapping, no sin-gated layers.
 * medium: DiT embed 1536, depth 24, 24 heads x 64, differential attention; SAME-L width 1536 (128 x [12]),
   12 layers, 24 heads x 64, band attention `sliding_window [1, 1]`, decoder `sinusoidal_blocks [8]` (the strict
-  rule `(depth - i) < 8` puts the sin gate in the last 7 of the 12 decoder layers; Stability's SAME-L notes: "last
-  8 of the 12 layers use Sin()"), latent 256.
+  rule `(depth - i) < 8` puts the sin gate in the last 7 of the 12 decoder layers; the value 8 is from a third-party
+  SAME-L port's notes found by code search, not verified in Stability's code; sin vs SiLU costs the same), latent 256.
 * T5Gemma b-b encoder for both: 12 layers, hidden 768, 12 heads x 64, GeGLU 2048, vocab 256000 (the real vocab, so
   the real 786 MB embedding is in the RSS; the lookup's cost does not depend on it).
 
