@@ -25,58 +25,27 @@ import random
 import threading
 import time
 
-import torch
-
 from .common import machine_info, machine_line, md_table, pct, quiet, write_results
 
 
 def build_mid(seed: int = 0):
     """The small structure at mid size (see the module docstring)."""
-    import tempfile
-    from pathlib import Path
 
-    from transformers import T5GemmaConfig, T5GemmaEncoderModel
 
-    from stable_audio_service.models.stable_audio_3.autoencoder import SameAutoencoder
-    from stable_audio_service.models.stable_audio_3.conditioning import DurationConditioner, TextConditioner
-    from stable_audio_service.models.stable_audio_3.config import parse_config
-    from stable_audio_service.models.stable_audio_3.dit import DiffusionTransformer
-    from stable_audio_service.models.stable_audio_3.family import StableAudio3Model
-    from stable_audio_service.models.tiny import SA3_TEXT_FOLDER, write_tiny_sa3
+    from .sa3_real import _randomize, real_small_config
+    from .sa3_structures import build_ours, t5gemma_encoder
 
-    from .sa3_real import REAL_T5GEMMA_ENCODER, _randomize, real_small_config
-
-    torch.manual_seed(seed)
-    gen = torch.Generator().manual_seed(seed)
     raw = real_small_config()
     for part in ("encoder", "decoder"):
         raw["model"]["pretransform"]["config"][part]["config"].update(channels=64, c_mults=[4], transformer_depths=[2])
     raw["model"]["diffusion"]["config"].update(embed_dim=512, depth=8, num_heads=8)
-    config = parse_config(raw)
-    workdir = Path(tempfile.mkdtemp(prefix="sa3-mid-"))
-    write_tiny_sa3(workdir, "small", seed)
-    dit, autoencoder = DiffusionTransformer(config.dit), SameAutoencoder.from_config(raw)
-    duration = DurationConditioner(config.duration, config.cond_dim)
-    for part in (dit, autoencoder, duration):
-        _randomize(part, gen)
-    with torch.no_grad():
-        autoencoder.decoder.layers[-1].mapping.weight_g.fill_(0.1)
-    text = TextConditioner(config.text, workdir / SA3_TEXT_FOLDER, config.cond_dim, 0, "cpu")
-    module = dict(REAL_T5GEMMA_ENCODER, num_hidden_layers=2, vocab_size=32000, layer_types=["full_attention"] * 2)
-    text.__dict__["encoder"] = T5GemmaEncoderModel(
-        T5GemmaConfig(encoder=module, decoder=module, is_encoder_decoder=False, vocab_size=32000)
-    ).eval()
-    for part in (dit, autoencoder, duration, text):
-        part.eval().requires_grad_(False)
-    return StableAudio3Model(
+    return build_ours(
+        "small",
+        seed,
+        raw=raw,
+        randomize=_randomize,
+        encoder=t5gemma_encoder(vocab_size=32000, layers=2),
         name="sa3-small-mid-random",
-        config=config,
-        dit=dit,
-        autoencoder=autoencoder,
-        text=text,
-        duration=duration,
-        device="cpu",
-        dtype=torch.float32,
     )
 
 

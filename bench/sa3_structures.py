@@ -97,18 +97,31 @@ def fill_zero_parameters(module: torch.nn.Module, generator: torch.Generator) ->
                 param.copy_(torch.randn(param.shape, generator=generator) * param.numel() ** -0.5)
 
 
-def t5gemma_encoder(vocab_size: int = 256000):
-    """The T5Gemma b-b encoder shape with random weights (float32, eval, no grad)."""
+def t5gemma_encoder(vocab_size: int = 256000, layers: int = 12):
+    """The T5Gemma b-b encoder shape with random weights (float32, eval, no grad); fewer `layers` for mid-size runs."""
     from transformers import T5GemmaConfig, T5GemmaEncoderModel
 
-    module = dict(T5GEMMA_BB_ENCODER, vocab_size=vocab_size)
+    layer_types = (["sliding_attention", "full_attention"] * layers)[:layers]
+    module = dict(T5GEMMA_BB_ENCODER, vocab_size=vocab_size, num_hidden_layers=layers, layer_types=layer_types)
     config = T5GemmaConfig(encoder=module, decoder=module, is_encoder_decoder=False, vocab_size=vocab_size)
     return T5GemmaEncoderModel(config).eval().requires_grad_(False)
 
 
-def build_ours(structure: str, seed: int = 0, workdir: Path | None = None, vocab_size: int = 256000):
+def build_ours(
+    structure: str,
+    seed: int = 0,
+    workdir: Path | None = None,
+    vocab_size: int = 256000,
+    *,
+    raw: dict[str, Any] | None = None,
+    randomize=None,
+    encoder=None,
+    text_cache_size: int = 0,
+    name: str | None = None,
+):
     """A `StableAudio3Model` of the real `structure` shapes (random weights, float32, CPU), assembled from its
-    parts the way `StableAudio3Model.from_checkpoint` assembles it."""
+    parts the way `StableAudio3Model.from_checkpoint` assembles it. `raw` replaces the real config (mid-size
+    runs), `randomize(module, generator)` the zero-filling, `encoder` the real T5Gemma encoder."""
     from stable_audio_service.models.stable_audio_3.autoencoder import SameAutoencoder
     from stable_audio_service.models.stable_audio_3.conditioning import DurationConditioner, TextConditioner
     from stable_audio_service.models.stable_audio_3.config import parse_config
@@ -120,23 +133,25 @@ def build_ours(structure: str, seed: int = 0, workdir: Path | None = None, vocab
     workdir = Path(workdir or tempfile.mkdtemp(prefix=f"sa3-{structure}-real-"))
     if not (workdir / SA3_TEXT_FOLDER).is_dir():
         write_tiny_sa3(workdir, structure, seed)  # only for its tokenizer and text folder
-    raw = real_config(structure)
+    raw = raw or real_config(structure)
+    randomize = randomize or fill_zero_parameters
     config = parse_config(raw)
     dit = DiffusionTransformer(config.dit)
     autoencoder = SameAutoencoder.from_config(raw)
     duration = DurationConditioner(config.duration, config.cond_dim)
     for part in (dit, autoencoder, duration):
-        fill_zero_parameters(part, generator)
+        randomize(part, generator)
     with torch.no_grad():  # keep the decoded noise inside [-1, 1]
         autoencoder.decoder.layers[-1].mapping.weight_g.fill_(0.1)
-    text = TextConditioner(config.text, workdir / SA3_TEXT_FOLDER, config.cond_dim, 0, "cpu")
-    text.__dict__["encoder"] = t5gemma_encoder(vocab_size)  # kept out of the module tree, as TextConditioner does
+    text = TextConditioner(config.text, workdir / SA3_TEXT_FOLDER, config.cond_dim, text_cache_size, "cpu")
+    # kept out of the module tree, as TextConditioner does
+    text.__dict__["encoder"] = encoder if encoder is not None else t5gemma_encoder(vocab_size)
     with torch.no_grad():
         text.padding_embedding.normal_(0, 0.02, generator=generator)
     for part in (dit, autoencoder, duration, text):
         part.eval().requires_grad_(False)
     return StableAudio3Model(
-        name=f"sa3-{structure}-real-random",
+        name=name or f"sa3-{structure}-real-random",
         config=config,
         dit=dit,
         autoencoder=autoencoder,
