@@ -21,8 +21,8 @@ The chain above is, per output row, an affine map of W, so for `lora`, `dora-row
 
     x W'^T = (x W^T) * d + x A_cat^T B_cat^T
 
-with `d` the product of the DoRA row scales `magnitude / (||V||_row + 1e-12)` (computed once per adapter set from
-the exactly chained weights, so they are Stability's norms) and `A_cat`, `B_cat` the low-rank factors of every
+with `d` the product of the DoRA row scales `magnitude / (||V||_row + 1e-12)` (computed once per adapter set, from
+that low-rank form in float64 without building any weight) and `A_cat`, `B_cat` the low-rank factors of every
 adapter stacked with their coefficients folded into B. The base product `x W^T` is computed once for the whole
 batch by the unmodified module; a forward hook then rescales and adds the low-rank term for each request's rows
 (S-LoRA / Punica's segmented LoRA). Rows without adapters are never touched (bitwise the base output), and each
@@ -342,6 +342,13 @@ def _check_into(
         warnings.append(
             f"tensors {', '.join(ignored)} are not used by a {kind} adapter (Stability's loader ignores them)"
         )
+    if kind != "lora-xs":
+        lone = sorted(m for m, p in per_module.items() if ("lora_A" in p) != ("lora_B" in p))
+        if lone:
+            warnings.append(
+                f"{len(lone)} modules have only one of lora_A / lora_B (e.g. {lone[0]}): no update there "
+                "(Stability's loader would pair a lone lora_B with a randomly initialised A)"
+            )
     filtered_out = sorted(m for m in per_module if not is_targeted(m, info.include, info.exclude))
     if filtered_out:
         warnings.append(f"{len(filtered_out)} modules with tensors are left out by its include/exclude filter")
@@ -527,11 +534,13 @@ class LayerPlan:
     A: torch.Tensor | None = None  # (R, fan_in), or a conv weight (R, in, k)
     B: torch.Tensor | None = None  # (fan_out, R), or (fan_out, R, 1)
     d: torch.Tensor | None = None  # (fan_out,), or (fan_out, 1) for a conv
+    shift: torch.Tensor | None = None  # bias * (1 - d): what rescaling the biased base output must add back
     weight: torch.Tensor | None = None  # merged: the whole parametrized weight
 
     @property
     def bytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in (self.A, self.B, self.d, self.weight) if t is not None)
+        parts = (self.A, self.B, self.d, self.shift, self.weight)
+        return sum(t.numel() * t.element_size() for t in parts if t is not None)
 
     def apply(self, module: nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:
         """Turn the base output `y` of rows `x` into the adapted output, in place."""
@@ -544,17 +553,16 @@ class LayerPlan:
                 y.copy_(F.linear(x, self.weight, bias))
             return
         if self.d is not None:
-            if bias is not None:
-                b = bias.view(-1, 1) if conv else bias
-                y.sub_(b).mul_(self.d).add_(b)
-            else:
-                y.mul_(self.d)
+            y.mul_(self.d)
+            if self.shift is not None:
+                y.add_(self.shift)
         if self.A is not None:
             if conv:
                 h = F.conv1d(x, self.A, None, module.stride, module.padding, module.dilation)
                 y.add_(F.conv1d(h, self.B))
-            else:
-                y.add_(F.linear(F.linear(x, self.A), self.B))
+            else:  # y += (x A^T) B^T, accumulated in place
+                h = F.linear(x, self.A)
+                y.view(-1, y.shape[-1]).addmm_(h.reshape(-1, h.shape[-1]), self.B.T)
 
 
 @dataclass
@@ -571,7 +579,10 @@ class SetPlan:
 
 
 def build_plan(
-    entries: Sequence[tuple[LoadedAdapter, float]], targets: dict[str, Target], dtype: torch.dtype
+    entries: Sequence[tuple[LoadedAdapter, float]],
+    targets: dict[str, Target],
+    dtype: torch.dtype,
+    base_sq: dict[str, torch.Tensor] | None = None,
 ) -> SetPlan:
     """The per-module plan of an adapter set (request order). Strength 0 drops an adapter: DoRA's exact shortcut,
     and `W + 0 * delta == W` for the additive types."""
@@ -587,36 +598,55 @@ def build_plan(
         if merged:
             plan.layers[name] = LayerPlan(weight=official_weight(weight, steps).to(weight.dtype))
             continue
-        plan.layers[name] = _factored(target, steps, dtype)
+        plan.layers[name] = _factored(target, steps, dtype, base_sq)
     return plan
 
 
-def _factored(target: Target, steps: list[tuple[str, AdapterLayer, torch.Tensor]], dtype: torch.dtype) -> LayerPlan:
+def _factored(
+    target: Target,
+    steps: list[tuple[str, AdapterLayer, torch.Tensor]],
+    dtype: torch.dtype,
+    base_sq: dict[str, torch.Tensor] | None = None,
+) -> LayerPlan:
+    """Fold the chain into `W' = diag(d) W + U V` (V: every A stacked, U: every B with its coefficient and the
+    DoRA row scales that follow it). A DoRA step's row norms come from that form without building W':
+    ||d*W + U V||^2_row = d^2 ||W||^2_row + 2 d (W V^T . U)_row + (U (V V^T) . U)_row, accumulated in float64
+    (equal to Stability's norms of the materialised weight to float32 rounding; `official_weight` is the exact
+    chain). `base_sq` caches ||W||^2_row per target across plans. W V^T is a float32 product (the cross term is a
+    small part of the norm; a float64 product would cost far more planning time for nothing)."""
     weight = target.module.weight
     device = weight.device
-    last_dora = max((i for i, (kind, _, _) in enumerate(steps) if kind == "dora-rows"), default=-1)
-    w = weight.detach() if last_dora >= 0 else None  # the exactly chained weight, for Stability's DoRA norms
+    acc = torch.float32 if device.type == "mps" else torch.float64
+    dora = any(kind == "dora-rows" for kind, _, _ in steps)
+    w = weight.detach().reshape(target.fan_out, -1).float() if dora else None
     d: torch.Tensor | None = None
     As: list[torch.Tensor] = []
     Bs: list[torch.Tensor] = []
-    for i, (kind, layer, c) in enumerate(steps):
-        c = c.to(device)
+    WAt: list[torch.Tensor] = []  # W @ A_j^T per term (DoRA only)
+    for kind, layer, c in steps:
         pair = layer.factors()
-        if kind == "dora-rows":
-            v, norm = _dora_direction(w, layer, c, 1)
-            w = ((v / norm) * layer.magnitude.unsqueeze(1)).view(w.shape).to(w.dtype)
-            r = layer.magnitude / norm.squeeze(1)
-            d = r if d is None else d * r
-            Bs = [b * r[:, None] for b in Bs]
-            if pair is not None:
-                As.append(pair[0])
-                Bs.append(pair[1] * (c * r)[:, None])
+        if pair is not None:
+            As.append(pair[0].to(acc))
+            Bs.append(pair[1].to(acc) * float(c))  # c is float32: exact in float64
+            if w is not None:  # float32 product (fast), float64 algebra on the small results
+                WAt.append((w @ pair[0].float().T).to(acc))
+        if kind != "dora-rows":
+            continue
+        if base_sq is None or target.name not in base_sq:
+            sq = torch.linalg.vector_norm(w, dim=1).to(acc).pow(2)
+            if base_sq is not None:
+                base_sq[target.name] = sq
         else:
-            if pair is not None:
-                As.append(pair[0])
-                Bs.append(pair[1] * c)
-            if i < last_dora:  # a later DoRA normalises what this step makes
-                w = official_weight(w, [(kind, layer, c)])
+            sq = base_sq[target.name]
+        scale = torch.ones_like(sq) if d is None else d
+        norm2 = scale.pow(2) * sq
+        if As:
+            U, V = torch.cat(Bs, dim=1), torch.cat(As)
+            cross = sum((wat * b).sum(dim=1) for wat, b in zip(WAt, Bs, strict=True))
+            norm2 = norm2 + 2 * scale * cross + ((U @ (V @ V.T)) * U).sum(dim=1)
+        r = layer.magnitude.to(acc) / (norm2.clamp_min(0).sqrt() + DORA_EPS)
+        d = r if d is None else d * r
+        Bs = [b * r[:, None] for b in Bs]
     plan = LayerPlan()
     if As:
         A, B = torch.cat(As).to(dtype), torch.cat(Bs, dim=1).to(dtype)
@@ -626,7 +656,11 @@ def _factored(target: Target, steps: list[tuple[str, AdapterLayer, torch.Tensor]
             B = B.unsqueeze(-1)
         plan.A, plan.B = A.contiguous(), B.contiguous()
     if d is not None:
+        bias = target.module.bias
         plan.d = (d.view(-1, 1) if target.conv else d).to(dtype).contiguous()
+        if bias is not None:  # (x W^T + b) d + b (1 - d) = (x W^T) d + b
+            shift = bias.detach().to(acc) * (1 - d)
+            plan.shift = (shift.view(-1, 1) if target.conv else shift).to(dtype).contiguous()
     return plan
 
 
@@ -759,6 +793,7 @@ class AdapterRegistry:
         self.device = device
         self.dtype = dtype
         self.cache = _LRU(cache_bytes)
+        self._base_sq: dict[str, torch.Tensor] = {}  # ||W||^2 per row of each target, for DoRA plans
         self._infos: dict[str, AdapterInfo] = {}
         self._dir_mtime: int | None = None
         self._lock = threading.RLock()
@@ -877,7 +912,8 @@ class AdapterRegistry:
             plan = self.cache.get(key)
             if plan is None:
                 with torch.no_grad():
-                    plan = build_plan(list(zip(adapters, strengths, strict=True)), self.targets, self.dtype)
+                    entries = list(zip(adapters, strengths, strict=True))
+                    plan = build_plan(entries, self.targets, self.dtype, self._base_sq)
                 self.cache.put(key, plan, plan.bytes)
             return plan
 
