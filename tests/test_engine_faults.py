@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from stable_audio_service.engine import WORKER_LOST, Engine, JobStatus, NotAccepting
+from stable_audio_service.models.base import InvalidRequest
 
 from .fake_model import GATE_TIMEOUT_S, FakeModel, Gate, Watcher, params
 
@@ -145,6 +146,24 @@ def test_an_encode_failure_is_a_500_for_that_request(rig):
     watch.wait(bad, good)
     assert bad.status == JobStatus.failed and bad.error_status == 500 and "non-finite" in bad.error
     assert good.status == JobStatus.done and good.result.data[:4] == b"OggS"
+
+
+def test_a_request_the_model_finds_invalid_is_a_422_not_a_500(rig):
+    """e.g. an adapter file that vanished after the request was accepted (or one a Ray ingress cannot check)."""
+    engine, model, watch, fatal = rig
+    real_start = model.start
+
+    def picky_start(p):
+        if p.seed == 1:
+            raise InvalidRequest("loras: no adapter named 'gone'")
+        return real_start(p)
+
+    model.start = picky_start
+    bad = engine.submit(params(seed=1))
+    good = engine.submit(params(seed=2))
+    watch.wait(bad, good)
+    assert bad.status == JobStatus.failed and bad.error_status == 422 and "gone" in bad.error
+    assert good.status == JobStatus.done and engine.healthy
 
 
 def test_queued_past_the_deadline_is_answered_503(rig):

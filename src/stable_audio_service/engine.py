@@ -41,7 +41,7 @@ from enum import StrEnum
 from typing import Any
 
 from . import audio as audio_io
-from .models.base import AudioModel, GenerationError, GenerationParams, GenerationState
+from .models.base import AudioModel, GenerationError, GenerationParams, GenerationState, InvalidRequest
 
 log = logging.getLogger("stable_audio_service.engine")
 
@@ -724,6 +724,8 @@ class Engine:
         if _is_oom(exc):
             _release_device_memory()
             self._fail(job, "out of memory during generation; retry later or ask for a shorter clip", 503)
+        elif isinstance(exc, InvalidRequest):
+            self._fail(job, str(exc), 422)
         elif isinstance(exc, (GenerationError, audio_io.EncodeError)):
             self._fail(job, str(exc), 500)
         else:

@@ -23,6 +23,11 @@ class GenerationError(RuntimeError):
     """A generation failed for a reason that is not the client's fault."""
 
 
+class InvalidRequest(ValueError):
+    """Found only when the model starts a request (e.g. an adapter that vanished, or that a Ray ingress
+    could not check): the client's mistake, answered 422 with the reason, never a 500."""
+
+
 @dataclass(frozen=True)
 class Bound:
     default: float

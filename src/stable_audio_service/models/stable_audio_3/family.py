@@ -40,6 +40,7 @@ from ..base import (
     GenerationError,
     GenerationParams,
     GenerationState,
+    InvalidRequest,
     ModelLimits,
     check_batch,
     to_audio,
@@ -329,11 +330,11 @@ class StableAudio3Model(AudioModel[SA3State]):
         plan = None  # LoRA (issue 16): the conditioner's adapters act on the duration embedding too
         if params.loras:
             if self.loras is None:
-                raise GenerationError("this model serves no LoRA adapters (no adapter directory)")
+                raise InvalidRequest("loras: this model serves no LoRA adapters (no adapter directory)")
             try:
                 plan = self.loras.plan(params.loras)
             except lora.AdapterError as exc:
-                raise GenerationError(str(exc)) from None
+                raise InvalidRequest(f"loras: {exc}") from None
         with lora.applied_to_rows([(0, 1, plan)]):
             duration_token = self.duration_cond([duration]).float()  # (1, cond)
         context = self._context(params.prompt, duration_token)
