@@ -28,6 +28,7 @@ from stable_audio_service.models.stable_audio_3 import lora
 from stable_audio_service.models.stable_audio_3.family import StableAudio3Model
 
 from .conftest import decode_b64, serve
+from .oracle import request_fields
 
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "sa3-official"
 BASE = FIXTURES / "small-tiny"
@@ -58,28 +59,11 @@ def refs_of(case: dict) -> tuple[LoraRef, ...]:
 
 
 def params_of(case: dict, **over) -> GenerationParams:
-    g = case["generate_kwargs"]
-    fields = dict(
-        prompt=g["prompt"],
-        duration=g["duration"],
-        guidance_scale=g["cfg_scale"],
-        num_inference_steps=g["steps"],
-        seed=g["seed"],
-        loras=refs_of(case),
-    )
-    fields.update(over)
-    return GenerationParams(**fields)
+    return GenerationParams(**{**request_fields(case), "loras": refs_of(case), **over})
 
 
 def body_of(case: dict) -> dict:
-    g = case["generate_kwargs"]
-    body = {
-        "prompt": g["prompt"],
-        "duration": g["duration"],
-        "guidance_scale": g["cfg_scale"],
-        "num_inference_steps": g["steps"],
-        "seed": g["seed"],
-    }
+    body = request_fields(case)
     if case["loras"]:
         body["loras"] = [{"name": r.name, "strength": r.strength} for r in refs_of(case)]
     return body

@@ -19,6 +19,7 @@ from stable_audio_service.models.loading import ModelLoadError, load_model, read
 from stable_audio_service.models.tiny import make_tiny
 
 from .conftest import decode_b64, serve
+from .oracle import request_fields
 
 SR = 44100
 # 16-bit PCM: libsndfile writes round(x * 32767) and reads / 32768; a few LSB of slack
@@ -287,16 +288,7 @@ def test_official_case_through_predict(official_clients, fixture_name, case_name
     case = cases[case_name]
     ref = np.load(fixture / "reference.npz")
     kw = case["generate_kwargs"]
-    body = {
-        "prompt": kw["prompt"],
-        "duration": kw["duration"],
-        "num_inference_steps": kw["steps"],
-        "guidance_scale": kw["cfg_scale"],
-        "seed": kw["seed"],
-    }
-    for key in ("negative_prompt", "apg_scale", "init_noise_level"):
-        if key in kw:
-            body[key] = kw[key]
+    body = request_fields(case)
     if case["init_audio"]:
         body["init_audio_b64"] = _float_wav_b64(ref[f"{case_name}__input_audio"])
     regions = None

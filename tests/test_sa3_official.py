@@ -22,6 +22,8 @@ from stable_audio_service.models.stable_audio_3 import sampling
 from stable_audio_service.models.stable_audio_3.family import StableAudio3Model, sa3_limits
 from stable_audio_service.models.tiny import make_tiny
 
+from .oracle import request_fields
+
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "sa3-official"
 NAMES = ("medium-tiny", "small-tiny")
 TOL = 1e-4
@@ -69,15 +71,9 @@ def case_of(name: str, case_name: str) -> dict:
 def params_of(case: dict, ref) -> GenerationParams:
     """The request a service client would send for this `generate()` call."""
     g = case["generate_kwargs"]
-    params = GenerationParams(
-        prompt=g["prompt"],
-        duration=g["duration"],
-        guidance_scale=g["cfg_scale"],
-        num_inference_steps=g["steps"],
-        seed=g["seed"],
-        negative_prompt=g.get("negative_prompt"),
-        apg_scale=g.get("apg_scale"),
-    )
+    fields = request_fields(case)
+    fields.pop("init_noise_level", None)  # set below with the source it belongs to
+    params = GenerationParams(**fields)
     if case["init_audio"]:
         params.init_audio = ref[f"{case['name']}__input_audio"]
         params.init_noise_level = g["init_noise_level"]
