@@ -31,7 +31,6 @@ from .common import machine_info, machine_line, md_table, pct, quiet, write_resu
 def build_mid(seed: int = 0):
     """The small structure at mid size (see the module docstring)."""
 
-
     from .sa3_real import _randomize, real_small_config
     from .sa3_structures import build_ours, t5gemma_encoder
 

@@ -37,7 +37,7 @@ BACKENDS = ["local", "ray"]
 
 @pytest.fixture(scope="session")
 def backend(request) -> str:
-    """"local" (one process, in-process TestClient) unless a module parametrises it."""
+    """ "local" (one process, in-process TestClient) unless a module parametrises it."""
     return getattr(request, "param", "local")
 
 

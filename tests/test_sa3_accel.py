@@ -65,24 +65,61 @@ def tiny_sa3(tmp_path_factory):
     return lambda: StableAudio3Model.from_checkpoint(path, name="tiny", device="cpu", dtype=torch.float32)
 
 
-def _generate(model, seed: int = 3):
+def _generate(model, seed: int = 3, **fields):
     from stable_audio_service.models.base import GenerationParams
 
-    state = model.start(
-        GenerationParams(prompt="a drum", duration=1.0, guidance_scale=1.0, num_inference_steps=3, seed=seed)
-    )
+    params = dict(prompt="a drum", duration=1.0, guidance_scale=1.0, num_inference_steps=3, seed=seed) | fields
+    state = model.start(GenerationParams(**params))
     while not state.finished:
         model.step([state])
     return state.x.clone(), model.finish(state)
 
 
-def test_the_exact_levers_keep_the_plain_path_numbers(tiny_sa3) -> None:
+def _inpaint_fields(model) -> dict:
+    import numpy as np
+
+    source = np.random.default_rng(0).uniform(-0.5, 0.5, (model.channels, model.sample_rate)).astype(np.float32)
+    return {"inpaint_audio": source, "inpaint_regions": [(0.25, 0.75)]}
+
+
+@pytest.mark.parametrize("case", ["t2a", "guided", "inpaint"])
+def test_the_exact_levers_keep_the_plain_path_numbers(tiny_sa3, monkeypatch: pytest.MonkeyPatch, case: str) -> None:
+    from stable_audio_service.models.stable_audio_3 import family
+
     model = tiny_sa3()
-    fast_latents, fast_audio = _generate(model)
+    fields = {"t2a": {}, "guided": {"guidance_scale": 4.0}, "inpaint": _inpaint_fields(model)}[case]
+    built: list[int] = []
+    local_embeds = model.dit.local_embeds
+    monkeypatch.setattr(model.dit, "local_embeds", lambda c: built.append(c.shape[0]) or local_embeds(c))
+    fast_latents, fast_audio = _generate(model, **fields)
+    assert built == [1]  # the local-conditioning embeddings were computed once for the request, not per step
     model.cache_cross_kv = model.decode_kept = False  # the path before issue 12
-    plain_latents, plain_audio = _generate(model)
+    plain_latents, plain_audio = _generate(model, **fields)
+    assert built == [1]
     assert torch.equal(fast_latents, plain_latents)
     assert abs(fast_audio - plain_audio).max() <= 1e-5
+    model.cache_cross_kv = True
+    monkeypatch.setattr(family, "LOCAL_EMBED_CACHE_BYTES", 0)  # over the bound: computed in the forward again
+    capped_latents, _ = _generate(model, **fields)
+    assert built == [1] and torch.equal(capped_latents, plain_latents)
+
+
+def test_cached_embeddings_batch_like_solo_requests(tiny_sa3) -> None:
+    """Two requests (one guided inpainting, one plain) stepped together give their solo latents."""
+    from stable_audio_service.models.base import GenerationParams
+
+    model = tiny_sa3()
+    requests = [
+        dict(prompt="a drum", duration=1.0, guidance_scale=3.0, num_inference_steps=3, seed=1) | _inpaint_fields(model),
+        dict(prompt="a bell", duration=1.0, guidance_scale=1.0, num_inference_steps=3, seed=2),
+    ]
+    solo = [_generate(model, **r)[0] for r in requests]
+    states = [model.start(GenerationParams(**r)) for r in requests]
+    while not states[0].finished:
+        model.step(states)
+    for state, expected in zip(states, solo, strict=True):
+        assert state.local_embeds is not None
+        assert torch.equal(state.x, expected)
 
 
 @pytest.mark.skipif(not accel.int8_available(), reason="this torch build has no dynamic int8 kernels")

@@ -232,7 +232,10 @@ class TransformerBlock(nn.Module):
         value_mask: torch.Tensor | None,
         local_add_cond: torch.Tensor | None,
         context_kv: torch.Tensor | None = None,
+        local_embed: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        """`local_embed`: `to_local_embed(local_add_cond)` computed earlier (speed, issue 12: the same at every
+        step of a request); `local_add_cond` is then not read."""
         scale_self, shift_self, gate_self, scale_ff, shift_ff, gate_ff = (
             (self.to_scale_shift_gate + global_cond).unsqueeze(1).chunk(6, dim=-1)
         )
@@ -243,10 +246,11 @@ class TransformerBlock(nn.Module):
         x = x * torch.sigmoid(1 - gate_self)
         x = x + residual
         x = x + self.cross_attn(self.cross_attend_norm(x), context=context, kv=context_kv)
-        if local_add_cond is not None and self.to_local_embed is not None:
-            local = self.to_local_embed(local_add_cond)
+        if local_embed is None and local_add_cond is not None and self.to_local_embed is not None:
+            local_embed = self.to_local_embed(local_add_cond)
+        if local_embed is not None:
             # zeros on the memory tokens in front (Stability's `_left_pad_to_match`)
-            x = x + F.pad(local, (0, 0, x.shape[-2] - local.shape[-2], 0), value=0.0)
+            x = x + F.pad(local_embed, (0, 0, x.shape[-2] - local_embed.shape[-2], 0), value=0.0)
         residual = x
         x = self.ff_norm(x)
         x = x * (1 + scale_ff) + shift_ff
@@ -276,9 +280,11 @@ class ContinuousTransformer(nn.Module):
         local_add_cond: torch.Tensor | None,
         padding_mask: torch.Tensor | None,
         context_kv: list[torch.Tensor] | None = None,
+        local_embeds: list[torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """`global_cond` is already through `global_cond_embedder` (the caller runs it per request); `context_kv`:
-        each layer's cross-attention `to_kv(context)`, computed earlier (`DiffusionTransformer.cross_kv`)."""
+        each layer's cross-attention `to_kv(context)`, computed earlier (`DiffusionTransformer.cross_kv`);
+        `local_embeds`: each layer's `to_local_embed(local_add_cond)` (`DiffusionTransformer.local_embeds`)."""
         batch = x.shape[0]
         x = self.project_in(x)
         if self.num_memory_tokens:
@@ -290,7 +296,8 @@ class ContinuousTransformer(nn.Module):
             value_mask = torch.cat([memory_valid, padding_mask], dim=-1)
         for i, layer in enumerate(self.layers):
             kv = None if context_kv is None else context_kv[i]
-            x = layer(x, context, global_cond, rotary, value_mask, local_add_cond, kv)
+            local = None if local_embeds is None else local_embeds[i]
+            x = layer(x, context, global_cond, rotary, value_mask, local_add_cond, kv, local)
         return self.project_out(x[:, self.num_memory_tokens :, :])
 
 
@@ -332,18 +339,20 @@ class DiffusionTransformer(nn.Module):
         padding_mask: torch.Tensor | None = None,
         row_groups: list[int] | None = None,
         context_kv: list[torch.Tensor] | None = None,
+        local_embeds: list[torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """`row_groups`: rows per request (1, or 2 under guidance), in order. The per-request vectors (timestep and
         global embeddings) are then projected request by request: a matrix product over 1 row and over several
         rounds differently, and each request must get exactly the numbers of its solo (official) forward.
         `context_kv` (speed, issue 12): `cross_kv(context)` of these rows, computed once per request; `context`
-        is then not used."""
+        is then not used; `local_embeds` (speed, issue 12): `local_embeds(local_add_cond)` of these rows, computed
+        once per request; `local_add_cond` is then not used."""
         dtype = self.preprocess_conv.weight.dtype
         x = x.to(dtype)
         t = t.float()  # the official code keeps t in float32 whatever the weights' dtype
         if context_kv is None:
             context = self.to_cond_embed(context.to(dtype))
-        if local_add_cond is not None:
+        if local_add_cond is not None and local_embeds is None:
             local_add_cond = local_add_cond.to(dtype).transpose(1, 2)
         t_cond = (self._logsnr_cond(t) if self.cfg.timestep_features_logsnr else t).to(dtype)
         features = expo_fourier_features(t_cond[:, None], self.cfg.timestep_features_dim)
@@ -358,7 +367,7 @@ class DiffusionTransformer(nn.Module):
             first += g_rows.shape[0]
         x = self.preprocess_conv(x) + x
         out = self.transformer(
-            x.transpose(1, 2), context, torch.cat(embedded), local_add_cond, padding_mask, context_kv
+            x.transpose(1, 2), context, torch.cat(embedded), local_add_cond, padding_mask, context_kv, local_embeds
         )
         out = out.transpose(1, 2)
         return self.postprocess_conv(out) + out
@@ -368,3 +377,11 @@ class DiffusionTransformer(nn.Module):
         same numbers `forward` computes from `context`, which stays the same at every step of a request."""
         context = self.to_cond_embed(context.to(self.preprocess_conv.weight.dtype))
         return [layer.cross_attn.to_kv(context) for layer in self.transformer.layers]
+
+    def local_embeds(self, local_add_cond: torch.Tensor) -> list[torch.Tensor] | None:
+        """Every layer's `to_local_embed` of these rows' local (inpainting) conditioning (B, C+1, L): the same
+        numbers `forward` computes from it, which stays the same at every step of a request. None when the
+        model has no local conditioning."""
+        cond = local_add_cond.to(self.preprocess_conv.weight.dtype).transpose(1, 2)
+        embeds = [layer.to_local_embed(cond) for layer in self.transformer.layers if layer.to_local_embed is not None]
+        return embeds if len(embeds) == len(self.transformer.layers) else None

@@ -57,6 +57,9 @@ DEFAULT_DURATION_S = 10.0
 MAX_STEPS = 200
 MAX_GUIDANCE = 20.0
 GIB = 1024**3
+# Speed (issue 12): a request keeps its per-layer local-conditioning embeddings when they take at most this much
+# (small: 14 MiB for a 10 s clip, up to ~60 s); longer clips recompute them at every step instead.
+LOCAL_EMBED_CACHE_BYTES = 64 * 1024**2
 DTYPE_BYTES = {torch.float32: 4, torch.float16: 2, torch.bfloat16: 2}
 
 
@@ -148,6 +151,7 @@ class SA3State(GenerationState):
     noise: torch.Tensor | None = None  # the last step's re-noising draw
     lora: lora.SetPlan | None = None  # LoRA (issue 16): the request's adapters, planned once
     cross_kv: list[torch.Tensor] | None = None  # speed (issue 12): per layer, to_kv of the context rows
+    local_embeds: list[torch.Tensor] | None = None  # speed (issue 12): per layer, to_local_embed of local_cond
 
 
 class StableAudio3Model(AudioModel[SA3State]):
@@ -431,6 +435,9 @@ class StableAudio3Model(AudioModel[SA3State]):
                         state.cross_kv = self.dit.cross_kv(torch.cat(contexts[c : c + g]))
             per_state = [s.cross_kv for s in states]
             context_kv = per_state[0] if len(states) == 1 else [torch.cat(kv) for kv in zip(*per_state, strict=True)]
+        local_embeds = self._local_embeds(states, groups) if local is not None else None
+        if local_embeds is not None:
+            local = None
         with lora.applied_to_rows(segments):
             out = self.dit(
                 torch.cat(xs),
@@ -441,6 +448,7 @@ class StableAudio3Model(AudioModel[SA3State]):
                 torch.cat(masks),
                 groups,
                 context_kv,
+                local_embeds,
             ).float()
         for state, (c, u) in zip(states, rows, strict=True):
             i = state.step
@@ -454,6 +462,26 @@ class StableAudio3Model(AudioModel[SA3State]):
             state.x, state.denoised = sampling.pingpong_step(state.x, velocity, t_curr, t_next, noise)
             state.noise = noise
             state.step += 1
+
+    def _local_embeds(self, states: list[SA3State], groups: list[int]) -> list[torch.Tensor] | None:
+        """Speed (issue 12): each layer's local-conditioning embedding of these rows, from what every request
+        computed once (its guidance rows share one local conditioning, so one row is computed and repeated).
+        None (computed in the forward, every step) when caching is off or a request's cache would pass
+        `LOCAL_EMBED_CACHE_BYTES`."""
+        if not self.cache_cross_kv:
+            return None
+        dit = self.config.dit
+        for state in states:
+            if state.local_embeds is None:
+                size = dit.depth * state.local_cond.shape[-1] * dit.embed_dim * state.local_cond.element_size()
+                if size > LOCAL_EMBED_CACHE_BYTES:
+                    return None
+                with lora.applied_to_rows([(0, 1, state.lora)]):
+                    state.local_embeds = self.dit.local_embeds(state.local_cond)
+                if state.local_embeds is None:
+                    return None
+        rows = [[e.expand(g, -1, -1) for e in s.local_embeds] for s, g in zip(states, groups, strict=True)]
+        return rows[0] if len(rows) == 1 else [torch.cat(layer) for layer in zip(*rows, strict=True)]
 
     @torch.no_grad()
     def decode(self, state: SA3State) -> torch.Tensor:
@@ -480,7 +508,7 @@ class StableAudio3Model(AudioModel[SA3State]):
             result = np.where(state.inpaint_keep[None, :], state.inpaint_source, result).astype(np.float32)
         state.x = state.context = state.global_cond = state.padding_mask = torch.empty(0)
         state.uncond_context = state.local_cond = state.denoised = state.noise = None
-        state.cross_kv = None
+        state.cross_kv = state.local_embeds = None
         state.inpaint_keep = state.inpaint_source = None
         state.lora = None
         return result
