@@ -3,15 +3,21 @@ fastest configuration the service offers, interleaved in one run.
 
     python -m bench.bench_sa3_speed --duration 10 --json      # also --duration 30, --duration 120
 
-"plain eager fp32": `StableAudio3Model` as it was before issue 12 (cross-attention keys/values recomputed at every
-step, every decode window decoded in full; no int8, no compile, default threads). "fast": what the service runs
-with `STABLE_AUDIO_QUANTIZE=int8` (cross-attention cache, kept-latents decode, int8 dynamic Linear layers in the
-DiT, SAME and T5Gemma; `--compile` adds `STABLE_AUDIO_COMPILE=1`). Both run the same request (8 steps, guidance 1,
-the official 6 s duration padding) in alternating order (ABBA), text encoder included (no text cache).
+Three configurations of the same request (8 steps, guidance 1, the official 6 s duration padding), text encoder
+included (no text cache), run in alternating order (ABC CBA ...) so load from other processes hits all alike:
 
-Prints a table and, as its last line, one JSON object: rtf (fast), rtf_eager_fp32, speedup, config, text_s, dit_s,
-decode_s, peak_rss_gib, matmul_gflops (2048x2048 fp32 matmul, measured at the start and the end of this run), and
-the max deviation of the fast path's latents and audio from fp32 (random weights: it says nothing about quality).
+* "eager_fp32": `StableAudio3Model` as it was before issue 12 (cross-attention keys/values and local-conditioning
+  embeddings recomputed at every step, every decode window decoded in full; no int8, no compile).
+* "exact": what the service runs by default (the same numbers up to float round-off): per-request cross-attention
+  K/V and local-embedding caches, decode of the kept latents only, threads = cores.
+* "fast": "exact" plus the opt-in levers: `--quantize int8` (default; `STABLE_AUDIO_QUANTIZE=int8`: dynamic int8
+  Linear layers in the DiT, SAME and T5Gemma) or `--quantize int8-dit` (the DiT only), and `--compile`
+  (`STABLE_AUDIO_COMPILE=1`; its warm-up is excluded from the timings and reported apart).
+
+Prints a table and, as its last line, one JSON object: rtf (the fastest configuration), rtf_eager_fp32, speedup,
+config, text_s, dit_s, decode_s, peak_rss_gib, matmul_gflops (2048x2048 fp32 matmul, measured at the start and the
+end of this run), the "exact" row, and the max deviation of each configuration's latents and audio from eager fp32
+(random weights: it says nothing about audio quality).
 """
 
 from __future__ import annotations
@@ -76,7 +82,7 @@ def run_once(model, duration: float, steps: int, seed: int) -> dict:
     }
 
 
-def make_fast(model, *, int8: bool, compile: bool):
+def make_fast(model, *, quantize: str, compile: bool):
     """A copy of `model` with the service's levers on (the plain model keeps its fp32 weights)."""
     from stable_audio_service.models.stable_audio_3 import accel
     from stable_audio_service.models.stable_audio_3.family import StableAudio3Model
@@ -93,14 +99,14 @@ def make_fast(model, *, int8: bool, compile: bool):
         device=model.device,
         dtype=model.torch_dtype,
     )
-    fast.cache_cross_kv = True
+    fast.cache_request_tensors = True
     fast.decode_kept = True
-    on = accel.apply(fast, quantize="int8" if int8 else "none", compile=compile)
+    on = accel.apply(fast, quantize=quantize, compile=compile)
     return fast, on
 
 
 def plain(model):
-    model.cache_cross_kv = False
+    model.cache_request_tensors = False
     model.decode_kept = False
     return model
 
@@ -109,12 +115,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--duration", type=float, default=10.0, help="clip length in seconds (10, 30, 120)")
     parser.add_argument("--steps", type=int, default=8)
-    parser.add_argument("--rounds", type=int, default=1, help="rounds; each runs both, in alternating order")
+    parser.add_argument("--rounds", type=int, default=1, help="rounds; each runs every configuration once")
     parser.add_argument("--device", default="cpu", help="cpu (int8 is a CPU lever) or cuda")
-    parser.add_argument("--no-int8", action="store_true", help="fast = the exact levers only")
+    parser.add_argument(
+        "--quantize", default="int8", choices=["int8", "int8-dit", "none"], help="the fast row's int8 (CPU only)"
+    )
+    parser.add_argument("--no-int8", action="store_true", help="same as --quantize none")
     parser.add_argument("--compile", action="store_true", help="add torch.compile (warm-up excluded from timings)")
     parser.add_argument("--json", action="store_true", help="also write bench/results/sa3_speed_<duration>s.json")
     args = parser.parse_args()
+    quantize = "none" if args.no_int8 or args.device != "cpu" else args.quantize
     quiet()
     from .sa3_real import build_real_small, parameter_counts
 
@@ -128,23 +138,29 @@ def main() -> None:
         model.text.__dict__["encoder"] = model.text.encoder.to(args.device)
         model.device = args.device
     build_s = time.perf_counter() - t0
-    fast, on = make_fast(model, int8=not args.no_int8 and args.device == "cpu", compile=args.compile)
+    models = {"eager_fp32": model}
+    levers = {}
+    models["exact"], levers["exact"] = make_fast(model, quantize="none", compile=False)
     warm_s = 0.0
-    if args.compile:
-        from stable_audio_service.models.stable_audio_3 import accel
+    if quantize != "none" or args.compile:
+        models["fast"], levers["fast"] = make_fast(model, quantize=quantize, compile=args.compile)
+        if args.compile:
+            from stable_audio_service.models.stable_audio_3 import accel
 
-        warm_s = accel.warm_up(fast, [args.duration])
-    config = {"levers": on, "steps": args.steps, "guidance": 1.0, "dtype": "float32", "device": args.device}
+            warm_s = accel.warm_up(models["fast"], [args.duration])
+    names = list(models)
+    fastest_name = names[-1]
+    on = levers[fastest_name]
 
     sampler = RssSampler()
-    runs: dict[str, list[dict]] = {"eager_fp32": [], "fast": []}
-    peaks: dict[str, float] = {"eager_fp32": 0.0, "fast": 0.0}
+    runs: dict[str, list[dict]] = {name: [] for name in names}
+    peaks: dict[str, float] = dict.fromkeys(names, 0.0)
     order: list[str] = []
-    for r in range(max(1, args.rounds)):  # ABBA: load from other processes hits both alike
-        order += ["eager_fp32", "fast"] if r % 2 == 0 else ["fast", "eager_fp32"]
+    for r in range(max(1, args.rounds)):  # ABC CBA: load from other processes hits every row alike
+        order += names if r % 2 == 0 else names[::-1]
     for name in order:
         sampler.reset()
-        result = run_once(model if name == "eager_fp32" else fast, args.duration, args.steps, seed=1)
+        result = run_once(models[name], args.duration, args.steps, seed=1)
         peaks[name] = max(peaks[name], sampler.peak())
         runs[name].append(result)
         print(
@@ -158,12 +174,17 @@ def main() -> None:
     def median(name: str, key: str) -> float:
         return statistics.median(r[key] for r in runs[name])
 
-    eager_total, fast_total = median("eager_fp32", "total_s"), median("fast", "total_s")
-    ref, got = runs["eager_fp32"][0], runs["fast"][0]
-    dev_latents = float((got["latents"] - ref["latents"]).abs().max())
-    dev_audio = float(np.abs(got["audio"] - ref["audio"]).max())
+    ref = runs["eager_fp32"][0]
+    deviation = {
+        name: {
+            "latents": float((runs[name][0]["latents"] - ref["latents"]).abs().max()),
+            "audio": float(np.abs(runs[name][0]["audio"] - ref["audio"]).max()),
+        }
+        for name in names[1:]
+    }
+    eager_total = median("eager_fp32", "total_s")
     rows = []
-    for name in ("eager_fp32", "fast"):
+    for name in names:
         total = median(name, "total_s")
         rows.append(
             [
@@ -173,45 +194,67 @@ def main() -> None:
                 f"{median(name, 'decode_s'):.2f}",
                 f"{total:.2f}",
                 f"{total / args.duration:.2f}",
+                f"{eager_total / total:.2f}x",
                 f"{peaks[name]:.2f}",
             ]
         )
-    table = md_table(["config", "text s", "DiT s", "decode s", "total s", "RTF", "peak RSS GiB"], rows)
+    table = md_table(["config", "text s", "DiT s", "decode s", "total s", "RTF", "vs eager", "peak RSS GiB"], rows)
+
+    def phases(name: str) -> dict:
+        return {k: round(median(name, k), 3) for k in ("text_s", "dit_s", "decode_s", "total_s")}
+
+    fast_total = median(fastest_name, "total_s")
     summary = {
         "duration": args.duration,
         "rtf": round(fast_total / args.duration, 3),
         "rtf_eager_fp32": round(eager_total / args.duration, 3),
         "speedup": round(eager_total / fast_total, 2),
-        "config": config,
-        "text_s": round(median("fast", "text_s"), 3),
-        "dit_s": round(median("fast", "dit_s"), 3),
-        "decode_s": round(median("fast", "decode_s"), 3),
-        "eager_fp32": {k: round(median("eager_fp32", k), 3) for k in ("text_s", "dit_s", "decode_s", "total_s")},
-        "peak_rss_gib": round(peaks["fast"], 2),
-        "peak_rss_gib_note": "process RSS while the fast path ran; both models are resident in this process",
+        "config": {
+            "name": fastest_name,
+            "levers": on,
+            "steps": args.steps,
+            "guidance": 1.0,
+            "dtype": "float32",
+            "device": args.device,
+        },
+        "text_s": round(median(fastest_name, "text_s"), 3),
+        "dit_s": round(median(fastest_name, "dit_s"), 3),
+        "decode_s": round(median(fastest_name, "decode_s"), 3),
+        "eager_fp32": phases("eager_fp32"),
+        "exact": dict(
+            phases("exact"),
+            rtf=round(median("exact", "total_s") / args.duration, 3),
+            speedup=round(eager_total / median("exact", "total_s"), 2),
+        ),
+        "peak_rss_gib": round(peaks[fastest_name], 2),
+        "peak_rss_gib_note": "process RSS while that configuration ran; every model is resident in this process",
+        "peak_rss_gib_per_config": {name: round(peaks[name], 2) for name in names},
         "matmul_gflops": round(statistics.median(gflops), 1),
         "matmul_gflops_start_end": [round(g, 1) for g in gflops],
-        "max_abs_dev_latents": dev_latents,
-        "max_abs_dev_audio": dev_audio,
+        "max_abs_dev_vs_eager": deviation,
         "latent_length": ref["latent_length"],
         "rounds": args.rounds,
         "build_s": round(build_s, 1),
-        "warmup_s": round(warm_s, 1),
+        "compile_warmup_s": round(warm_s, 1),
         "parameters_m": parameter_counts(model),
         "machine": {k: machine[k] for k in ("cpu", "cpu_flags", "nproc", "torch_threads", "torch", "loadavg_start")},
     }
     print()
     print(
         f"Stable Audio 3 small (real size, random weights), {args.duration:g} s clip, {args.steps} steps, "
-        f"{args.device}; fp32 matmul {summary['matmul_gflops']} GFLOP/s"
+        f"{args.device}; fp32 matmul {summary['matmul_gflops']} GFLOP/s "
+        f"(start, end: {summary['matmul_gflops_start_end']})"
     )
     print(table)
     print(
-        f"speedup {summary['speedup']}x; fast levers: {json.dumps(on)}; max |dev| latents {dev_latents:.3g}, "
-        f"audio {dev_audio:.3g} (random weights: says nothing about audio quality)"
+        f"fastest: {fastest_name} {summary['speedup']}x vs eager fp32; levers: {json.dumps(on)}; max |dev| from eager "
+        f"fp32: {json.dumps(deviation)} (random weights: says nothing about audio quality)"
     )
     if args.json:
-        write_results(f"sa3_speed_{args.duration:g}s", dict(summary, machine=machine), table)
+        suffix = (
+            "" if quantize == "int8" and not args.compile else f"_{quantize}" + ("_compile" if args.compile else "")
+        )
+        write_results(f"sa3_speed_{args.duration:g}s{suffix}", dict(summary, machine=machine), table)
     print(json.dumps(summary))
 
 

@@ -22,7 +22,7 @@ def main() -> None:
     from .sa3_real import build_real_small
 
     model = build_real_small()
-    model.cache_cross_kv = model.decode_kept = False
+    model.cache_request_tensors = model.decode_kept = False
     params = GenerationParams(
         prompt="warm analog synth pads", duration=10.0, guidance_scale=1.0, num_inference_steps=8, seed=1
     )
@@ -33,7 +33,7 @@ def main() -> None:
     with torch.no_grad():
         ref = model.dit(*args)
         kv = model.dit(*args[:-1], [1], model.dit.cross_kv(state.context))
-        out["cross_kv_cache (DiT forward)"] = {
+        out["request caches: cross-attention K/V + local embeddings (DiT forward)"] = {
             "max_abs": float((kv - ref).abs().max()),
             "ref_max": float(ref.abs().max()),
         }

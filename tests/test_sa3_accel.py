@@ -93,12 +93,12 @@ def test_the_exact_levers_keep_the_plain_path_numbers(tiny_sa3, monkeypatch: pyt
     monkeypatch.setattr(model.dit, "local_embeds", lambda c: built.append(c.shape[0]) or local_embeds(c))
     fast_latents, fast_audio = _generate(model, **fields)
     assert built == [1]  # the local-conditioning embeddings were computed once for the request, not per step
-    model.cache_cross_kv = model.decode_kept = False  # the path before issue 12
+    model.cache_request_tensors = model.decode_kept = False  # the path before issue 12
     plain_latents, plain_audio = _generate(model, **fields)
     assert built == [1]
     assert torch.equal(fast_latents, plain_latents)
     assert abs(fast_audio - plain_audio).max() <= 1e-5
-    model.cache_cross_kv = True
+    model.cache_request_tensors = True
     monkeypatch.setattr(family, "LOCAL_EMBED_CACHE_BYTES", 0)  # over the bound: computed in the forward again
     capped_latents, _ = _generate(model, **fields)
     assert built == [1] and torch.equal(capped_latents, plain_latents)
@@ -137,3 +137,16 @@ def test_int8_quantises_every_linear_and_stays_near_fp32(tiny_sa3) -> None:
     rel = float((latents - ref_latents).norm() / ref_latents.norm())
     assert rel < 0.2, rel
     assert abs(audio).max() <= 1.0
+
+
+@pytest.mark.skipif(not accel.int8_available(), reason="this torch build has no dynamic int8 kernels")
+def test_int8_dit_quantises_the_dit_alone(tiny_sa3) -> None:
+    from torch import nn
+
+    model = tiny_sa3()
+    assert accel.apply(model, quantize="int8-dit")["int8"] == ["dit"]
+    assert not [m for m in model.dit.modules() if type(m) is nn.Linear]
+    for part in (model.autoencoder, model.text.encoder):
+        assert [m for m in part.modules() if type(m) is nn.Linear]  # still fp32
+    with pytest.raises(ValueError, match="int4"):
+        accel.apply(model, quantize="int4")

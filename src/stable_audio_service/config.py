@@ -78,10 +78,11 @@ class Settings(BaseSettings):
     )
     # Speed levers (issue 12; Stable Audio 3 on the CPU, see models/stable_audio_3/accel.py)
     threads: int = Field(0, ge=0, description="Intra-op torch threads; 0: one per CPU core this process may use.")
-    quantize: Literal["none", "int8"] = Field(
+    quantize: Literal["none", "int8", "int8-dit"] = Field(
         "none",
         description="sa3: 'int8' quantises the Linear layers of the DiT, SAME and T5Gemma dynamically (CPU, about 2x "
-        "faster matmuls; changes the numbers, so opt-in until judged on real weights).",
+        "faster matmuls; changes the numbers, so opt-in until judged on real weights); 'int8-dit' the DiT only "
+        "(most of the time, least of the deviation).",
     )
     compile: bool = Field(
         False,

@@ -12,17 +12,18 @@ Default on (same numbers, up to float round-off):
   draw that matters). 10 s: 120 of 256 latents decoded.
 * `configure_threads`: intra-op threads = the CPU cores (or `threads`), one inter-op thread: the engine's single
   worker is the only thread that runs torch work, so nothing else competes for the cores.
-* the family's cross-attention key/value cache (`SA3State.cross_kv`, in family.py/dit.py).
+* the family's per-request caches (`SA3State.cross_kv`, `SA3State.local_embeds`; family.py/dit.py): the
+  cross-attention keys/values and the local-conditioning embeddings are the same at every step of a request.
 
 Opt-in (they change numbers beyond round-off; judge on real weights before turning them on):
 
-* `quantize_int8` (`STABLE_AUDIO_QUANTIZE=int8`): dynamic int8 quantisation of the `nn.Linear` layers of the DiT,
-  the SAME autoencoder and the T5Gemma encoder (weights int8 per output channel, activations quantised per
-  call; fbgemm kernels, about 2x the fp32 matmul rate on an AVX2 CPU without VNNI). torchao's
-  `Int8DynamicActivationInt8WeightConfig` was measured first: eager it runs `torch._int_mm`, whose CPU kernel
-  is ~100x slower than fp32 here, and compiled it is no faster than fp32; `torch.ao.quantization.quantize_dynamic`
-  is deprecated in this torch but is the CPU int8 path that pays. The DiT is left in fp32 when LoRA adapters are
-  enabled (their hooks sit on the fp32 `nn.Linear` modules).
+* `quantize_int8` (`STABLE_AUDIO_QUANTIZE=int8`, or `int8-dit` for the DiT alone): dynamic int8 quantisation
+  of the `nn.Linear` layers of the DiT, the SAME autoencoder and the T5Gemma encoder (weights int8 per output
+  channel, activations quantised per call; fbgemm kernels, about 2x the fp32 matmul rate on an AVX2 CPU
+  without VNNI). torchao's `Int8DynamicActivationInt8WeightConfig` was measured first: eager it runs
+  `torch._int_mm`, whose CPU kernel is ~100x slower than fp32 here, and compiled it is no faster than fp32;
+  `torch.ao.quantization.quantize_dynamic` is deprecated in this torch but is the CPU int8 path that pays. The
+  DiT is left in fp32 when LoRA adapters are enabled (their hooks sit on the fp32 `nn.Linear` modules).
 * `compile_model` (`STABLE_AUDIO_COMPILE=1`): `torch.compile` (inductor) of every DiT block and every SAME
   transformer layer (same code for all layers, so one compiled graph each, dynamic in the sequence length), warmed
   up at start-up (`warm_up`) for the latent lengths of `warmup_durations` so the first requests do not pay the
@@ -147,9 +148,10 @@ def decode_kept(
 def _quantize_linears(module: nn.Module) -> nn.Module:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # quantize_dynamic's deprecation notice
-        from torch.ao.quantization import quantize_dynamic
+        from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
 
-        return quantize_dynamic(module, {nn.Linear}, dtype=torch.qint8, inplace=True)
+        # per output channel: the same kernels (and speed) as per tensor, a finer weight scale
+        return quantize_dynamic(module, {nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8, inplace=True)
 
 
 def int8_available() -> bool:
@@ -233,13 +235,21 @@ def warm_up(model: Any, durations: Iterable[float], progress: Any = None) -> flo
 
 # -------------------------------------------------------------------------------------------- all together
 
+# `STABLE_AUDIO_QUANTIZE` -> the parts quantised. The DiT's 8 steps are most of a request's time; the SAME decode
+# moves furthest from fp32 under int8 (see bench/results/sa3_lever_deviation.log), hence the DiT-only choice.
+QUANTIZE_PARTS: dict[str, tuple[str, ...]] = {"int8": ("dit", "autoencoder", "text"), "int8-dit": ("dit",)}
+
 
 def apply(model: Any, *, quantize: str = "none", compile: bool = False, threads: int | None = None) -> dict:
     """Turn on the configured levers (called once at load); returns what is on, for logs and `GET /models`."""
     on: dict[str, Any] = {"threads": configure_threads(threads), "decode": "kept latents only"}
-    on["cross_kv_cache"] = bool(getattr(model, "cache_cross_kv", False))
-    if quantize == "int8":
-        on["int8"] = quantize_int8(model)
+    on["request_caches"] = (
+        "cross-attention K/V, local embeddings" if getattr(model, "cache_request_tensors", False) else "off"
+    )
+    if quantize in QUANTIZE_PARTS:
+        on["int8"] = quantize_int8(model, QUANTIZE_PARTS[quantize])
+    elif quantize != "none":
+        raise ValueError(f"unknown quantize setting {quantize!r}; one of none, {', '.join(QUANTIZE_PARTS)}")
     if compile:
         on["compile"] = compile_model(model)
     return on

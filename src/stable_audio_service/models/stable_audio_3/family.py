@@ -191,9 +191,9 @@ class StableAudio3Model(AudioModel[SA3State]):
         # Return the source sample for sample outside the regenerated regions (the model's own output there is
         # only a reconstruction of it); False returns exactly what Stability's generate() returns.
         self.keep_inpaint_source = True
-        # Speed (issue 12): compute a request's cross-attention keys/values once instead of at every step (same
-        # numbers); False is the plain path the benchmark compares against.
-        self.cache_cross_kv = True
+        # Speed (issue 12): compute a request's cross-attention keys/values and local-conditioning embeddings once
+        # instead of at every step (same numbers); False is the plain path the benchmark compares against.
+        self.cache_request_tensors = True
         self.decode_kept = True  # speed (issue 12): decode only what the clip returns (accel.decode_kept)
         self.loras: lora.SA3Loras | None = None  # LoRA (issue 16): set by enable_loras
 
@@ -428,7 +428,7 @@ class StableAudio3Model(AudioModel[SA3State]):
         groups = [1 if u is None else 2 for _, u in rows]
         segments = [(c, c + g, s.lora) for s, (c, _), g in zip(states, rows, groups, strict=True)]  # LoRA (issue 16)
         context_kv = None
-        if self.cache_cross_kv:  # speed (issue 12): see SA3State.cross_kv
+        if self.cache_request_tensors:  # speed (issue 12): see SA3State.cross_kv and local_embeds
             for state, (c, _), g in zip(states, rows, groups, strict=True):
                 if state.cross_kv is None:
                     with lora.applied_to_rows([(0, g, state.lora)]):
@@ -468,7 +468,7 @@ class StableAudio3Model(AudioModel[SA3State]):
         computed once (its guidance rows share one local conditioning, so one row is computed and repeated).
         None (computed in the forward, every step) when caching is off or a request's cache would pass
         `LOCAL_EMBED_CACHE_BYTES`."""
-        if not self.cache_cross_kv:
+        if not self.cache_request_tensors:
             return None
         dit = self.config.dit
         for state in states:
