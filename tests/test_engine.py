@@ -291,6 +291,79 @@ class HeldModel:
         return out
 
 
+class GatedEncode:
+    """Stands in for `audio.encode`: the encode of the seeds in `hold` waits until `release(seed)`."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, hold: set[int]) -> None:
+        from stable_audio_service import engine as engine_mod
+
+        self.real = engine_mod.audio_io.encode
+        self.hold = {seed: threading.Event() for seed in hold}
+        self.entered = {seed: threading.Event() for seed in hold}
+        monkeypatch.setattr(engine_mod.audio_io, "encode", self)
+
+    def __call__(self, samples, sample_rate, fmt):
+        seed = int(round(float(samples[0, 0]) * 1000))  # FakeModel writes seed/1000 into every sample
+        if seed in self.hold:
+            self.entered[seed].set()
+            assert self.hold[seed].wait(GATE_TIMEOUT_S), "test never released the encode"
+        return self.real(samples, sample_rate, fmt)
+
+    def release(self, seed: int) -> None:
+        self.hold[seed].set()
+
+
+def test_a_slow_encode_does_not_hold_up_the_next_requests(make_engine, monkeypatch):
+    encode = GatedEncode(monkeypatch, hold={1})
+    engine, model, watch = make_engine()
+    slow = engine.submit(params(seed=1, steps=1), format="flac")
+    assert encode.entered[1].wait(GATE_TIMEOUT_S)
+    after = engine.submit(params(seed=2, steps=4))  # its own batch: denoised, decoded and encoded meanwhile
+    watch.wait(after)
+    assert after.status == JobStatus.done and slow.status == JobStatus.running
+    assert engine.running_count() == 1  # the clip in the encoder still counts (shutdown waits for it)
+    encode.release(1)
+    watch.wait(slow)
+    assert slow.status == JobStatus.done
+    assert sf.read(io.BytesIO(slow.result.data))[0][0, 0] == pytest.approx(0.001, abs=1e-4)  # its own samples
+
+
+def test_cancel_while_encoding_ends_cancelled_without_result(make_engine, monkeypatch):
+    encode = GatedEncode(monkeypatch, hold={1})
+    engine, model, watch = make_engine()
+    job = engine.submit(params(seed=1, steps=1))
+    assert encode.entered[1].wait(GATE_TIMEOUT_S)
+    engine.cancel(job.id)
+    encode.release(1)
+    watch.wait(job)
+    assert job.status == JobStatus.cancelled and job.result is None
+
+
+def test_decoded_clips_waiting_for_the_encoder_are_bounded(make_engine, monkeypatch):
+    """With max_batch_size 1, at most one decoded clip waits beside the one being encoded: the worker does
+    not decode a third request until the encoder caught up (memory stays bounded however fast clips come)."""
+    encode = GatedEncode(monkeypatch, hold={1})
+    engine, model, watch = make_engine(max_batch_size=1)
+    waiting_at_finish: list[int] = []
+    second_decoded = threading.Event()
+    real_finish = model.finish
+
+    def finish(state):
+        waiting_at_finish.append(len(engine._encoding))
+        out = real_finish(state)
+        if state.params.seed == 2:
+            second_decoded.set()
+        return out
+
+    model.finish = finish
+    jobs = [engine.submit(params(seed=seed, steps=1, duration=1.0 + seed)) for seed in (1, 2, 3)]
+    assert second_decoded.wait(GATE_TIMEOUT_S)
+    encode.release(1)
+    watch.wait(*jobs)
+    assert [j.status for j in jobs] == [JobStatus.done] * 3
+    assert max(waiting_at_finish) <= 1, waiting_at_finish  # the third was decoded only once the first was encoded
+
+
 def test_batched_equals_solo_on_the_tiny_model(tiny_dir, make_engine):
     from stable_audio_service.models.loading import load_model
 

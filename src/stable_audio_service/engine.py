@@ -20,6 +20,10 @@ Memory is bounded by design, not by luck:
 - finished jobs kept for `GET /jobs/{id}` are bounded by count, TTL and total result bytes
   (oldest evicted first), checked by a janitor thread every `prune_interval_s`.
 
+Audio encoding (WAV/FLAC/OGG/MP3) runs on its own thread (`encode_workers`), so a long clip's encode does
+not hold up the next denoising step of its batch mates; at most `max_batch_size` decoded clips wait for it
+(the worker waits beyond that), so the memory this takes is bounded too.
+
 The worker cannot vanish silently: its whole loop is guarded; an error it cannot absorb marks
 the engine unhealthy (`healthy`, `fatal_reason`), fails every queued and running job with 503,
 stops accepting work and calls `on_fatal(reason)` so the process can exit non-zero and be
@@ -36,6 +40,7 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -150,10 +155,13 @@ class Engine:
         observer: Callable[[str, Job, dict], None] | None = None,
         on_fatal: Callable[[str], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        encode_workers: int = 2,
     ) -> None:
         """`on_fatal(reason)` is called once, from the dying worker (or the janitor), after every
         queued and running job was failed; it should make the process exit non-zero.
-        `clock` times the finished-job TTL (tests inject a fake one)."""
+        `clock` times the finished-job TTL (tests inject a fake one). `encode_workers`: threads that
+        encode finished clips to their audio format, beside the worker (two: a short clip need not wait
+        behind a long one)."""
         self.model = model
         self.max_batch_size = max_batch_size
         self.batch_wait_s = batch_wait_ms / 1000
@@ -169,6 +177,9 @@ class Engine:
         self._cond = threading.Condition()
         self._pending: list[Job] = []
         self._running: list[Job] = []
+        self._encoding: list[Job] = []  # decoded, waiting for or inside the audio encoder
+        self._encoder = ThreadPoolExecutor(max_workers=max(1, encode_workers), thread_name_prefix="stable-audio-encode")
+        self._encode_slots = threading.BoundedSemaphore(max(1, max_batch_size))
         self._jobs: OrderedDict[str, Job] = OrderedDict()  # every job get() can find
         self._finished: OrderedDict[str, Job] = OrderedDict()  # the kept finished ones, oldest first
         self._accepting = True
@@ -228,11 +239,11 @@ class Engine:
             self._accepting = False
             self._draining = True
             self._cond.notify_all()
-            while (self._pending or self._running) and (left := end - time.monotonic()) > 0:
+            while (self._pending or self._running or self._encoding) and (left := end - time.monotonic()) > 0:
                 self._cond.wait(timeout=min(left, 0.5))
             leftovers = list(self._pending)
             self._pending.clear()
-            running = list(self._running)
+            running = list(self._running) + list(self._encoding)
             for job in running:
                 job.cancel_reason = "the service is shutting down"
                 job.cancel_requested = True
@@ -243,6 +254,7 @@ class Engine:
             self._cond.notify_all()
         if self._thread is not None and self._thread is not threading.current_thread():  # e.g. from on_fatal
             self._thread.join(timeout=max(1.0, end - time.monotonic() + 5))
+        self._encoder.shutdown(wait=False, cancel_futures=True)
         for job in running:  # still inside a long step: answer now; the worker's later end is ignored
             self._fail(job, "the service is shutting down", 503)
         self._halt.set()
@@ -314,7 +326,7 @@ class Engine:
 
     def running_count(self) -> int:
         with self._cond:
-            return len(self._running)
+            return len(self._running) + len(self._encoding)
 
     def kept_count(self) -> int:
         """Finished jobs kept for `get`."""
@@ -542,7 +554,9 @@ class Engine:
                     except Exception:  # the worker must survive anything a batch can raise
                         log.exception("batch failed unexpectedly")
                         with self._cond:
-                            victims = batch + [j for j in self._running if j not in batch]  # joiners too
+                            victims = [  # joiners too, not the ones already handed to the encoder
+                                j for j in batch + self._running if j not in self._encoding
+                            ]
                         for job in victims:
                             self._fail(job, "internal error in the generation worker", 500)
                     finally:
@@ -563,6 +577,7 @@ class Engine:
             victims = [j for j in self._jobs.values() if j.status not in TERMINAL]
             self._pending.clear()
             self._running = []
+            self._encoding = []
             self._cond.notify_all()
         for job in victims:
             self._fail(job, WORKER_LOST, 503)
@@ -655,11 +670,12 @@ class Engine:
                 self._fail_for(job, exc)
 
     def _finish_jobs(self, done: list[tuple[Job, GenerationState, int]], still_running: int) -> None:
-        """Decode, encode and answer the requests that finished their steps; each leaves the batch."""
+        """Decode the requests that finished their steps and hand them to the encoder; each leaves the batch."""
         model = self.model
         t_denoised = time.time_ns()
         for job, state, t_denoise in done:
             job.phase("denoise", t_denoise, t_denoised, steps=state.total_steps, batch_size=job.batch_size)
+            samples = None
             try:
                 if job.cancel_requested:  # cancelled while a batch mate was decoding
                     self._finish_cancelled(job)
@@ -670,19 +686,45 @@ class Engine:
                 job.phase("decode", t0, t1)
                 if job.cancel_requested:  # cancelled during its own decode: no result is kept
                     self._finish_cancelled(job)
-                    continue
-                data = audio_io.encode(samples, model.sample_rate, job.format)
-                job.phase("audio_encode", t1, time.time_ns(), format=job.format)
-                result = JobResult(data, job.format, model.sample_rate, samples.shape[0], samples.shape[1])
-                del samples
-                self._end(job, JobStatus.done, result=result)
+                    samples = None
             except Exception as exc:
                 self._fail_for(job, exc)
+                samples = None
             finally:
                 _release_state(model, state)
                 with self._cond:
                     if job in self._running:
                         self._running.remove(job)
+                    if samples is not None:
+                        self._encoding.append(job)
+            if samples is not None:
+                self._encode_slots.acquire()  # bounded: the worker waits while the encoder is that far behind
+                try:
+                    self._encoder.submit(self._encode, job, samples, model.sample_rate, t1)
+                except RuntimeError:  # the encoder was shut down (the service is stopping)
+                    self._encode_slots.release()
+                    self._encoded(job)
+                    self._fail(job, "the service is shutting down", 503)
+
+    def _encode(self, job: Job, samples: Any, sample_rate: int, t_decoded: int) -> None:
+        """Encoder thread: the clip to its audio format, then the job's end. Never raises."""
+        try:
+            data = audio_io.encode(samples, sample_rate, job.format)
+            job.phase("audio_encode", t_decoded, time.time_ns(), format=job.format)
+            result = JobResult(data, job.format, sample_rate, samples.shape[0], samples.shape[1])
+            del samples
+            self._end(job, JobStatus.done, result=result)
+        except Exception as exc:
+            self._fail_for(job, exc)
+        finally:
+            self._encode_slots.release()
+            self._encoded(job)
+
+    def _encoded(self, job: Job) -> None:
+        with self._cond:
+            if job in self._encoding:
+                self._encoding.remove(job)
+            self._cond.notify_all()
 
     def _take_joiners(self, key: tuple | None, room: int) -> list[Job]:
         """Queued jobs with the running batch's key, oldest first, that may join it now (see `_run_batch`)."""
