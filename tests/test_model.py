@@ -143,6 +143,7 @@ def test_memory_check_refuses_with_both_figures(tiny_dir, monkeypatch):
     with pytest.raises(ModelLoadError) as err:
         load_model(Settings(model=str(tiny_dir)))
     assert "needs about" in str(err.value) and "RAM available: 0.00 GiB" in str(err.value)
+    assert "for a batch of 4" in str(err.value) and "MAX_BATCH_SIZE" in str(err.value)
     model, info = load_model(Settings(model=str(tiny_dir), skip_memory_check=True))
     assert info.memory is None and model.sample_rate == 44100
 
@@ -157,6 +158,15 @@ def test_memory_estimate_counts_parameters(tiny_dir, model):
     assert n == expected
     est = estimate_memory(tiny_dir, "cpu", torch.float16, 30.0)
     assert est.weights == 2 * n and est.working > 0
+
+
+def test_memory_estimate_counts_a_full_batch_and_the_adapter_cache(tiny_dir):
+    one = estimate_memory(tiny_dir, "cpu", torch.float32, 30.0)
+    fixed = estimate_memory(tiny_dir, "cpu", torch.float32, 0.0).working
+    four = estimate_memory(tiny_dir, "cpu", torch.float32, 30.0, batch=4, adapters_bytes=2**30)
+    assert one.working > fixed
+    assert four.working == one.working + 3 * (one.working - fixed)  # each further request: its own share
+    assert four.needed == four.weights + four.working + 2**30 and four.adapters == 2**30
 
 
 def test_tiny_layout_matches_real(tiny_dir):

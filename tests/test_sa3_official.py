@@ -324,3 +324,12 @@ def test_memory_estimate_grows_with_clip_and_dtype(tiny_small):
     assert long > short and w16 < w32
     # the text encoder stays float32 whatever the serving dtype
     assert w32 - w16 == (parts["dit"] + parts["autoencoder"] + parts["conditioners"]) * 2
+
+
+def test_memory_estimate_counts_the_request_caches(tiny_small, monkeypatch):
+    from stable_audio_service.models.stable_audio_3 import family
+
+    _, cached = family.memory_estimate(tiny_small, torch.float32, 10)
+    monkeypatch.setattr(family, "LOCAL_EMBED_CACHE_BYTES", 0)  # no local-embedding cache: less working memory
+    _, uncached = family.memory_estimate(tiny_small, torch.float32, 10)
+    assert cached > uncached

@@ -120,8 +120,9 @@ class MemoryEstimate:
     needed: int
     available: int
     weights: int
-    working: int
+    working: int  # every request of a full batch at the longest clip
     where: str
+    adapters: int = 0  # the LoRA cache's bound, when adapters are served
 
     @property
     def ok(self) -> bool:
@@ -140,18 +141,31 @@ def available_memory(device: str) -> tuple[int, str]:
     return int(psutil.virtual_memory().available), "RAM available"
 
 
-def estimate_memory(path: Path, device: str, dtype: torch.dtype, max_seconds: float) -> MemoryEstimate:
-    """Weights at the serving dtype (from the safetensors headers) plus the family's working memory for
-    the longest allowed clip, against what the device has free."""
+def estimate_memory(
+    path: Path,
+    device: str,
+    dtype: torch.dtype,
+    max_seconds: float,
+    *,
+    batch: int = 1,
+    adapters_bytes: int = 0,
+) -> MemoryEstimate:
+    """Weights at the serving dtype (from the safetensors headers), the family's working memory for a full
+    batch (`batch` requests) of the longest allowed clip and the adapter cache's bound, against what the
+    device has free. A request's own share is the family's working memory at that clip less its fixed part
+    (the working memory of an empty clip: allocator slack and the like), counted once."""
     from . import registry
 
     family = registry.detect_family(path)
     if family is None:
         raise ModelLoadError(f"{path} holds no model this service knows. Expected {registry.layouts()}.")
     weights = family.weights_bytes(path, dtype)
-    working = family.working_bytes(path, dtype, max_seconds)
+    one = family.working_bytes(path, dtype, max_seconds)
+    fixed = min(one, family.working_bytes(path, dtype, 0.0))
+    working = one + (max(1, batch) - 1) * (one - fixed)
     available, where = available_memory(device)
-    return MemoryEstimate(weights + working, available, weights, working, where)
+    needed = weights + working + adapters_bytes
+    return MemoryEstimate(needed, available, weights, working, where, adapters_bytes)
 
 
 @dataclass
@@ -179,21 +193,32 @@ def load_model(settings: Settings):
     name = source if source != str(DEFAULT_LOCAL_MODEL) else DEFAULT_HUB_MODEL
     memory = None
     if not settings.skip_memory_check:
-        memory = estimate_memory(path, device, dtype, family.longest_clip(path, settings))
+        memory = estimate_memory(
+            path,
+            device,
+            dtype,
+            family.longest_clip(path, settings),
+            batch=settings.max_batch_size,
+            adapters_bytes=int(settings.lora_cache_mb * 2**20) if settings.lora_dir else 0,
+        )
+        parts = f"weights {memory.weights / GIB:.2f} + working {memory.working / GIB:.2f}"
+        parts += f" for a batch of {settings.max_batch_size}"
+        if memory.adapters:
+            parts += f" + adapter cache {memory.adapters / GIB:.2f}"
         log.info(
-            "memory: need %.2f GiB (weights %.2f + working %.2f), %s %.2f GiB",
+            "memory: need %.2f GiB (%s), %s %.2f GiB",
             memory.needed / GIB,
-            memory.weights / GIB,
-            memory.working / GIB,
+            parts,
             memory.where,
             memory.available / GIB,
         )
         if not memory.ok:
             raise ModelLoadError(
                 f"not enough memory on {device} for {source}: needs about {memory.needed / GIB:.2f} GiB "
-                f"(weights {memory.weights / GIB:.2f} + working {memory.working / GIB:.2f}), "
+                f"({parts}), "
                 f"{memory.where}: {memory.available / GIB:.2f} GiB. "
-                f"Free memory, use a smaller dtype, or set STABLE_AUDIO_SKIP_MEMORY_CHECK=1 to try anyway."
+                f"Free memory, use a smaller dtype, lower STABLE_AUDIO_MAX_BATCH_SIZE or STABLE_AUDIO_MAX_DURATION, "
+                f"or set STABLE_AUDIO_SKIP_MEMORY_CHECK=1 to try anyway."
             )
     try:
         with _LOAD_LOCK:

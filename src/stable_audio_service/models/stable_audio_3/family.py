@@ -103,7 +103,9 @@ def memory_estimate(path: Path, dtype: torch.dtype, max_seconds: float) -> tuple
     Weights: DiT, autoencoder and conditioners at `dtype`, T5Gemma in float32 (it always runs in float32).
     Working: the DiT's activations grow linearly with the window (no attention matrix is materialised; about 32
     live tensors of tokens x width per row, two rows under guidance), the decoded window and its float32 copy,
-    plus 0.5 GiB of allocator slack and windowed-decode buffers (the decode itself is windowed, 128 latents).
+    plus 0.5 GiB of allocator slack and windowed-decode buffers (the decode itself is windowed, 128 latents),
+    plus the request's caches (issue 12): every layer's cross-attention keys/values for both rows and its
+    local-conditioning embeddings (bounded by `LOCAL_EMBED_CACHE_BYTES`).
     """
     files = resolve_checkpoint(path)
     config = _config_of(files)
@@ -119,9 +121,14 @@ def memory_estimate(path: Path, dtype: torch.dtype, max_seconds: float) -> tuple
         padding_s=DEFAULT_DURATION_PADDING_S,
     )
     tokens = win.latent_length + config.dit.num_memory_tokens
-    dit_working = 2 * tokens * config.dit.embed_dim * size * 32
+    dit = config.dit
+    dit_working = 2 * tokens * dit.embed_dim * size * 32
     audio_working = win.audio_samples * config.channels * (size + 4) * 2
-    return weights, GIB // 2 + dit_working + audio_working
+    context_dim = dit.embed_dim if dit.project_cond_tokens else dit.cond_token_dim
+    cross_kv = 2 * dit.depth * (config.text.max_length + 1) * 2 * context_dim * size if max_seconds > 0 else 0
+    local = dit.depth * win.latent_length * dit.embed_dim * size if config.local_add_ids and max_seconds > 0 else 0
+    caches = cross_kv + min(local, LOCAL_EMBED_CACHE_BYTES)
+    return weights, GIB // 2 + dit_working + audio_working + caches
 
 
 def _config_of(files: CheckpointFiles) -> SA3Config:
