@@ -144,3 +144,25 @@ class FakeClock:
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
+
+
+class GatedEncode:
+    """Stands in for `audio.encode`: the encode of the seeds in `hold` waits until `release(seed)`."""
+
+    def __init__(self, monkeypatch, hold: set[int]) -> None:
+        from stable_audio_service import engine as engine_mod
+
+        self.real = engine_mod.audio_io.encode
+        self.hold = {seed: threading.Event() for seed in hold}
+        self.entered = {seed: threading.Event() for seed in hold}
+        monkeypatch.setattr(engine_mod.audio_io, "encode", self)
+
+    def __call__(self, samples, sample_rate, fmt):
+        seed = int(round(float(samples[0, 0]) * 1000))  # FakeModel writes seed/1000 into every sample
+        if seed in self.hold:
+            self.entered[seed].set()
+            assert self.hold[seed].wait(GATE_TIMEOUT_S), "test never released the encode"
+        return self.real(samples, sample_rate, fmt)
+
+    def release(self, seed: int) -> None:
+        self.hold[seed].set()

@@ -15,7 +15,7 @@ import soundfile as sf
 from stable_audio_service.config import Settings
 from stable_audio_service.engine import Engine, JobStatus, NotAccepting, QueueFull
 
-from .fake_model import GATE_TIMEOUT_S, FakeClock, FakeModel, Gate, Watcher, params
+from .fake_model import GATE_TIMEOUT_S, FakeClock, FakeModel, Gate, GatedEncode, Watcher, params
 
 
 @pytest.fixture()
@@ -291,41 +291,30 @@ class HeldModel:
         return out
 
 
-class GatedEncode:
-    """Stands in for `audio.encode`: the encode of the seeds in `hold` waits until `release(seed)`."""
-
-    def __init__(self, monkeypatch: pytest.MonkeyPatch, hold: set[int]) -> None:
-        from stable_audio_service import engine as engine_mod
-
-        self.real = engine_mod.audio_io.encode
-        self.hold = {seed: threading.Event() for seed in hold}
-        self.entered = {seed: threading.Event() for seed in hold}
-        monkeypatch.setattr(engine_mod.audio_io, "encode", self)
-
-    def __call__(self, samples, sample_rate, fmt):
-        seed = int(round(float(samples[0, 0]) * 1000))  # FakeModel writes seed/1000 into every sample
-        if seed in self.hold:
-            self.entered[seed].set()
-            assert self.hold[seed].wait(GATE_TIMEOUT_S), "test never released the encode"
-        return self.real(samples, sample_rate, fmt)
-
-    def release(self, seed: int) -> None:
-        self.hold[seed].set()
-
-
 def test_a_slow_encode_does_not_hold_up_the_next_requests(make_engine, monkeypatch):
     encode = GatedEncode(monkeypatch, hold={1})
     engine, model, watch = make_engine()
+    decoded = threading.Event()
+    real_finish = model.finish
+
+    def finish(state):
+        out = real_finish(state)
+        if state.params.seed == 2:
+            decoded.set()
+        return out
+
+    model.finish = finish
     slow = engine.submit(params(seed=1, steps=1), format="flac")
     assert encode.entered[1].wait(GATE_TIMEOUT_S)
-    after = engine.submit(params(seed=2, steps=4))  # its own batch: denoised, decoded and encoded meanwhile
-    watch.wait(after)
-    assert after.status == JobStatus.done and slow.status == JobStatus.running
-    assert engine.running_count() == 1  # the clip in the encoder still counts (shutdown waits for it)
+    after = engine.submit(params(seed=2, steps=4))  # its own batch: denoised and decoded meanwhile
+    assert decoded.wait(GATE_TIMEOUT_S)
+    assert model.batches[-4:] == [[2]] * 4 and slow.status == JobStatus.running
+    assert engine.running_count() == 2  # both still count (shutdown waits for them) until encoded
     encode.release(1)
-    watch.wait(slow)
-    assert slow.status == JobStatus.done
+    watch.wait(slow, after)
+    assert slow.status == after.status == JobStatus.done
     assert sf.read(io.BytesIO(slow.result.data))[0][0, 0] == pytest.approx(0.001, abs=1e-4)  # its own samples
+    assert slow.finished <= after.finished  # one encoder: clips end in the order they were decoded
 
 
 def test_cancel_while_encoding_ends_cancelled_without_result(make_engine, monkeypatch):

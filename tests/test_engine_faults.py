@@ -12,7 +12,7 @@ import pytest
 from stable_audio_service.engine import WORKER_LOST, Engine, JobStatus, NotAccepting
 from stable_audio_service.models.base import InvalidRequest
 
-from .fake_model import GATE_TIMEOUT_S, FakeModel, Gate, Watcher, params
+from .fake_model import GATE_TIMEOUT_S, FakeModel, Gate, GatedEncode, Watcher, params
 
 
 class WorkerKiller(BaseException):
@@ -63,6 +63,28 @@ def test_worker_death_in_take_batch_fails_everything_and_calls_on_fatal(rig):
     with pytest.raises(NotAccepting, match="restarting"):
         engine.submit(params(seed=4))
     assert engine.get(queued[0].id) is queued[0]  # reads keep working
+
+
+def test_a_clip_in_the_encoder_when_the_worker_dies_is_still_delivered(monkeypatch):
+    encode = GatedEncode(monkeypatch, hold={1})
+    model, watch, fatal = FakeModel(), Watcher(), Fatal()
+    engine = Engine(model, observer=watch, on_fatal=fatal, batch_wait_ms=0, prune_interval_s=0.02)
+    engine.start()
+    try:
+        decoded = engine.submit(params(seed=1, steps=1))
+        assert encode.entered[1].wait(GATE_TIMEOUT_S)
+        model.batch_key_error = WorkerKiller("boom")
+        doomed = engine.submit(params(seed=2, duration=2.0))
+        assert fatal.called.wait(GATE_TIMEOUT_S)
+        watch.wait(doomed)
+        assert doomed.status == JobStatus.failed and doomed.error_status == 503
+        assert decoded.status == JobStatus.running  # not failed: its audio exists, only the encode is left
+        encode.release(1)
+        watch.wait(decoded)
+        assert decoded.status == JobStatus.done and decoded.result.data[:4] == b"RIFF"
+    finally:
+        encode.release(1)
+        engine.shutdown(grace_s=5)
 
 
 def test_worker_death_mid_batch_fails_the_running_jobs(rig):

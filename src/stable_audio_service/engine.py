@@ -20,9 +20,10 @@ Memory is bounded by design, not by luck:
 - finished jobs kept for `GET /jobs/{id}` are bounded by count, TTL and total result bytes
   (oldest evicted first), checked by a janitor thread every `prune_interval_s`.
 
-Audio encoding (WAV/FLAC/OGG/MP3) runs on its own thread (`encode_workers`), so a long clip's encode does
-not hold up the next denoising step of its batch mates; at most `max_batch_size` decoded clips wait for it
-(the worker waits beyond that), so the memory this takes is bounded too.
+Audio encoding (WAV/FLAC/OGG/MP3) runs on its own thread (`encode_workers`), so a long clip's encode
+does not hold up the next denoising steps of its batch mates or of the next batch; at most
+`max_batch_size` decoded clips wait for it (the worker waits beyond that), so the memory this takes
+is bounded too. A clip already decoded when the worker dies is still encoded and delivered.
 
 The worker cannot vanish silently: its whole loop is guarded; an error it cannot absorb marks
 the engine unhealthy (`healthy`, `fatal_reason`), fails every queued and running job with 503,
@@ -155,13 +156,14 @@ class Engine:
         observer: Callable[[str, Job, dict], None] | None = None,
         on_fatal: Callable[[str], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
-        encode_workers: int = 2,
+        encode_workers: int = 1,
     ) -> None:
         """`on_fatal(reason)` is called once, from the dying worker (or the janitor), after every
         queued and running job was failed; it should make the process exit non-zero.
         `clock` times the finished-job TTL (tests inject a fake one). `encode_workers`: threads that
-        encode finished clips to their audio format, beside the worker (two: a short clip need not wait
-        behind a long one)."""
+        encode finished clips to their audio format, beside the worker (one: clips end in the order they
+        finished denoising, and the encoder takes one core at most from the model's threads).
+        """
         self.model = model
         self.max_batch_size = max_batch_size
         self.batch_wait_s = batch_wait_ms / 1000
@@ -574,10 +576,11 @@ class Engine:
                 return
             self._fatal = reason
             self._accepting = False
-            victims = [j for j in self._jobs.values() if j.status not in TERMINAL]
+            # clips already decoded are still encoded and delivered (the encoder thread lives on; the
+            # shutdown that follows waits for them)
+            victims = [j for j in self._jobs.values() if j.status not in TERMINAL and j not in self._encoding]
             self._pending.clear()
             self._running = []
-            self._encoding = []
             self._cond.notify_all()
         for job in victims:
             self._fail(job, WORKER_LOST, 503)
