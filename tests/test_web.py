@@ -81,6 +81,26 @@ def test_page_and_static_files_are_served():
 
 
 # ------------------------------------------------------------------ live server --
+def _pace_steps_to_subscribers(engine) -> None:
+    """The page follows a job over the event stream it opens once POST /jobs has answered, and a tiny model can
+    finish a job before that: then the page rightly shows no steps, and a test of its progress would depend on
+    the machine's speed. Here every step first waits until each running job has its stream open, so the page
+    sees every step however fast the model is (the deadline is only a safety net)."""
+    model = engine.model
+    step = model.step
+
+    def paced(states):
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            with engine._cond:
+                if all(job.subscribers for job in engine._running):
+                    break
+            time.sleep(0.002)
+        return step(states)
+
+    model.step = paced
+
+
 class _Server:
     def __init__(self, settings: Settings) -> None:
         import uvicorn
@@ -98,6 +118,7 @@ class _Server:
         assert self.server.started, "uvicorn did not start"
         assert self.app.state.service.loaded.wait(120), "model did not load"
         assert self.app.state.service.status == "ok", self.app.state.service.reason
+        _pace_steps_to_subscribers(self.app.state.service.engine)
         self.url = f"http://127.0.0.1:{port}/"
 
     def stop(self) -> None:

@@ -127,7 +127,7 @@ def check_loras(req: StableAudioRequest, model: AudioModel) -> tuple[LoraRef, ..
     if not loras:
         return ()
     if not model.capabilities.loras:
-        why = "no adapter directory is configured (STABLE_AUDIO_LORA_DIR)" if model.family == "sa3" else ""
+        why = model.capabilities.loras_unavailable
         raise RequestError("loras", f"adapters are not supported by {model.family} models{': ' if why else ''}{why}")
     adapters = getattr(model, "loras", None)
     if adapters is None:  # a model view without weights (the Ray ingress): the replica checks the names

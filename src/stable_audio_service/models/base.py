@@ -60,6 +60,8 @@ class Capabilities:
     apg_scale: Bound | None = None
     # Per-request LoRA adapters.
     loras: bool = False
+    # Why adapters are refused when `loras` is False and something could change that (e.g. a setting).
+    loras_unavailable: str = ""
     # Why audio-to-audio has little effect, or other caveats a user should read (GET /models, the page).
     notes: tuple[str, ...] = ()
 

@@ -323,7 +323,7 @@
   }
 
   function modelLabel(m) {
-    return m.family === "open-1.0" ? `Stable Audio Open 1.0 (family ${m.family})` : `this model (family ${m.family})`;
+    return m.family_title ? `${m.family_title} (family ${m.family})` : `this model (family ${m.family})`;
   }
 
   function applyCapabilities(m) {

@@ -93,7 +93,8 @@ def sa3_capabilities(config: SA3Config) -> Capabilities:
         init_noise_level=Bound(0.9, 0.01, 1.0),
         inpainting=bool(config.local_add_ids),
         apg_scale=Bound(1.0, 0.0, 1.0),
-        loras=False,
+        loras=False,  # until enable_loras
+        loras_unavailable="no adapter directory is configured (STABLE_AUDIO_LORA_DIR)",
     )
 
 
@@ -271,7 +272,7 @@ class StableAudio3Model(AudioModel[SA3State]):
             device=self.device,
             dtype=self.torch_dtype,
         )
-        self.capabilities = replace(self.capabilities, loras=True)
+        self.capabilities = replace(self.capabilities, loras=True, loras_unavailable="")
 
     # -- sizes ---------------------------------------------------------------------------------------------
     def window(self, duration: float) -> sampling.Window:
