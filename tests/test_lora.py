@@ -474,7 +474,10 @@ def test_models_and_openapi_say_loras_only_with_a_directory(client, tiny_dir):
         assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "loras"]
         listing = other.get("/loras").json()
         assert listing["enabled"] is False and listing["loras"] == []
-        assert other.get("/models").json()["fields"]["loras"] is None
+        models = other.get("/models").json()
+        assert models["fields"]["loras"] is None
+        assert models["capabilities"]["loras_unavailable"] is None  # no setting would add them to open-1.0
+        assert models["family_title"] == "Stable Audio Open 1.0"
         schema = other.get("/openapi.json").json()["components"]["schemas"]["StableAudioRequest"]
         assert "loras" not in schema["properties"]
     finally:
@@ -489,6 +492,9 @@ def test_sa3_without_a_directory_says_how_to_enable_it(plain_model):
     with pytest.raises(RequestError) as err:
         check_request(req, plain_model, Settings())
     assert err.value.loc == ("loras",) and "STABLE_AUDIO_LORA_DIR" in err.value.message
+    from stable_audio_service.service import capabilities
+
+    assert "STABLE_AUDIO_LORA_DIR" in capabilities(plain_model, Settings())["loras_unavailable"]
 
 
 def test_span_and_metric_name_the_adapters(client):

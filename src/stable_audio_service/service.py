@@ -220,6 +220,7 @@ def capabilities(model: AudioModel, settings: Settings) -> dict[str, Any]:
         "continuation": caps.inpainting,
         "apg_scale": caps.apg_scale.as_dict(float) if caps.apg_scale else None,
         "loras": caps.loras,
+        "loras_unavailable": caps.loras_unavailable or None,  # why not, when a setting would change it
         "negative_prompt": True,
         "max_duration": model.limits.duration.maximum,
         "notes": list(caps.notes),
