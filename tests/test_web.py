@@ -485,6 +485,7 @@ def test_audio_to_audio_from_an_uploaded_file(live_sa3, page, source_wav):
     open_page(page, live_sa3.url)
     seen = watch_network(page)
     record_progress(page)
+    assert "LoRA adapters: not available, no adapter directory" in page.locator("#mode-notes").inner_text()
     load_source(page, path, "Audio to audio")
     # the source is shown like a result, and the duration follows it
     assert page.evaluate(CANVAS_STATS, "source-waveform")["lit"] > 0.05

@@ -350,6 +350,8 @@
     }
     // The service's own notes on the model, where this page has no words of its own for it.
     if (!notes.length && Array.isArray(m.capabilities && m.capabilities.notes)) notes.push(...m.capabilities.notes);
+    const noAdapters = m.capabilities && m.capabilities.loras_unavailable;
+    if (noAdapters) notes.push(`LoRA adapters: not available, ${noAdapters}.`);
     $("mode-notes").replaceChildren(
       ...notes.map((t) => {
         const li = document.createElement("li");
