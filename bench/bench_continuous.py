@@ -9,7 +9,9 @@ model, in alternating order per round:
 * static: the engine with batches formed once and run to their end (the model's `mixed_steps` hidden, so nothing
   joins a running batch; the engine as it was before issue 12);
 * continuous: the engine as it is: requests of the same key join the running batch at the next step boundary
-  and leave it when done.
+  and leave it when done;
+* engine_fifo: the engine with `max_batch_size` 1 (what `STABLE_AUDIO_MAX_BATCH_SIZE=1` serves): the engine's
+  own cost (queue, encoder thread, events) apart from what batching changes.
 
 The model is the Stable Audio 3 small structure at mid size (random weights: DiT 512 wide, 8 blocks; SAME 256
 wide, 2 layers; 2-layer T5Gemma), so a run takes minutes on two cores; all requests are 10 s clips of 8 steps
@@ -145,7 +147,7 @@ def main() -> None:
     model.finish(state)
     rng = random.Random(args.seed)
     gaps = [0.0] + [rng.expovariate(1 / args.gap) for _ in range(args.requests - 1)]
-    modes = ["sequential", "static", "continuous"]
+    modes = ["sequential", "engine_fifo", "static", "continuous"]
     results: dict[str, list[dict]] = {m: [] for m in modes}
     for r in range(args.rounds):
         for mode in modes if r % 2 == 0 else list(reversed(modes)):
@@ -153,6 +155,8 @@ def main() -> None:
             stats = {}
             if mode == "sequential":
                 lat = run_sequential(model, gaps, args.steps, args.duration)
+            elif mode == "engine_fifo":  # the engine without batching: its own overhead, apart from batching's
+                lat, stats = run_engine(model, gaps, args.steps, args.duration, 1)
             else:
                 view = model if mode == "continuous" else StaticView(model)
                 lat, stats = run_engine(view, gaps, args.steps, args.duration, args.max_batch)
