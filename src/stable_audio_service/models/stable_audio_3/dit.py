@@ -378,10 +378,9 @@ class DiffusionTransformer(nn.Module):
         context = self.to_cond_embed(context.to(self.preprocess_conv.weight.dtype))
         return [layer.cross_attn.to_kv(context) for layer in self.transformer.layers]
 
-    def local_embeds(self, local_add_cond: torch.Tensor) -> list[torch.Tensor] | None:
+    def local_embeds(self, local_add_cond: torch.Tensor) -> list[torch.Tensor]:
         """Every layer's `to_local_embed` of these rows' local (inpainting) conditioning (B, C+1, L): the same
-        numbers `forward` computes from it, which stays the same at every step of a request. None when the
-        model has no local conditioning."""
+        numbers `forward` computes from it, which stays the same at every step of a request. Only for a DiT
+        with local conditioning (`cfg.local_add_cond_dim`: then every block has `to_local_embed`)."""
         cond = local_add_cond.to(self.preprocess_conv.weight.dtype).transpose(1, 2)
-        embeds = [layer.to_local_embed(cond) for layer in self.transformer.layers if layer.to_local_embed is not None]
-        return embeds if len(embeds) == len(self.transformer.layers) else None
+        return [layer.to_local_embed(cond) for layer in self.transformer.layers]

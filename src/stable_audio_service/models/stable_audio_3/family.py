@@ -432,7 +432,6 @@ class StableAudio3Model(AudioModel[SA3State]):
                 locals_.append(state.local_cond)
                 masks.append(state.padding_mask)
             rows.append((cond_row, cond_row + 1 if state.uncond_context is not None else None))
-        local = None if locals_[0] is None else torch.cat(locals_)
         groups = [1 if u is None else 2 for _, u in rows]
         segments = [(c, c + g, s.lora) for s, (c, _), g in zip(states, rows, groups, strict=True)]  # LoRA (issue 16)
         context_kv = None
@@ -443,9 +442,8 @@ class StableAudio3Model(AudioModel[SA3State]):
                         state.cross_kv = self.dit.cross_kv(torch.cat(contexts[c : c + g]))
             per_state = [s.cross_kv for s in states]
             context_kv = per_state[0] if len(states) == 1 else [torch.cat(kv) for kv in zip(*per_state, strict=True)]
-        local_embeds = self._local_embeds(states, groups) if local is not None else None
-        if local_embeds is not None:
-            local = None
+        local_embeds = None if locals_[0] is None else self._local_embeds(states, groups)
+        local = None if locals_[0] is None or local_embeds is not None else torch.cat(locals_)
         with lora.applied_to_rows(segments):
             out = self.dit(
                 torch.cat(xs),
@@ -474,11 +472,11 @@ class StableAudio3Model(AudioModel[SA3State]):
     def _local_embeds(self, states: list[SA3State], groups: list[int]) -> list[torch.Tensor] | None:
         """Speed (issue 12): each layer's local-conditioning embedding of these rows, from what every request
         computed once (its guidance rows share one local conditioning, so one row is computed and repeated).
-        None (computed in the forward, every step) when caching is off or a request's cache would pass
-        `LOCAL_EMBED_CACHE_BYTES`."""
-        if not self.cache_request_tensors:
-            return None
+        None (computed in the forward, every step) when caching is off, the DiT takes no local conditioning or a
+        request's cache would pass `LOCAL_EMBED_CACHE_BYTES`."""
         dit = self.config.dit
+        if not self.cache_request_tensors or not dit.local_add_cond_dim:
+            return None
         for state in states:
             if state.local_embeds is None:
                 size = dit.depth * state.local_cond.shape[-1] * dit.embed_dim * state.local_cond.element_size()
@@ -486,8 +484,6 @@ class StableAudio3Model(AudioModel[SA3State]):
                     return None
                 with lora.applied_to_rows([(0, 1, state.lora)]):
                     state.local_embeds = self.dit.local_embeds(state.local_cond)
-                if state.local_embeds is None:
-                    return None
         rows = [[e.expand(g, -1, -1) for e in s.local_embeds] for s, g in zip(states, groups, strict=True)]
         return rows[0] if len(rows) == 1 else [torch.cat(layer) for layer in zip(*rows, strict=True)]
 
