@@ -68,16 +68,76 @@ def test_page_and_static_files_are_served():
     with TestClient(create_app(Settings(model="/nonexistent", api_key="s3cret"), loader=_no_model)) as c:
         r = c.get("/")  # no token: the page itself is public even when the API is not
         assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
-        assert '<script src="static/app.js"' in r.text and "default-src 'self'" in r.headers["content-security-policy"]
+        assert '<script type="module" src="static/app.js"' in r.text
+        assert "default-src 'self'" in r.headers["content-security-policy"]
+        assert "script-src 'self'" in r.headers["content-security-policy"]  # the modules are same-origin
         for label in ("Prompt", "Negative prompt", "Duration", "Steps", "Guidance", "Seed", "Format"):
             assert f">{label}" in r.text
-        js = c.get("/static/app.js")
+        js = c.get("/static/api.js")
         assert js.status_code == 200 and js.headers["content-type"].startswith("text/javascript")
         assert "getReader" in js.text and "EventSource(" not in js.text  # SSE read with fetch, so headers go
         assert c.get("/static/style.css").headers["content-type"].startswith("text/css")
         for bad in ("/static/routes.py", "/static/__init__.py", "/static/..%2Froutes.py", "/static/index.html"):
             assert c.get(bad).status_code == 404, bad
         assert c.get("/models").status_code == 401  # ...while the API still wants the token
+
+
+WEB_DIR = Path(__file__).resolve().parents[1] / "src" / "stable_audio_service" / "web"
+# `import ... from "./x.js"`, `export ... from "./x.js"`, `import "./x.js"` and `import("./x.js")`
+MODULE_REF = re.compile(
+    r"""(?:^|[;\s])(?:import|export)\s[^;]*?\bfrom\s*["']([^"']+)["']"""
+    r"""|(?:^|[;\s])import\s*\(?\s*["']([^"']+)["']""",
+    re.M,
+)
+
+
+def _page_modules(c: TestClient) -> dict[str, httpx.Response]:
+    """Every module the page loads: its <script type="module"> tags, then each static or dynamic import, as
+    the browser resolves them (relative to the importing module's URL), with the response for each."""
+    page = c.get("/").text
+    assert not re.search(r"<script(?![^>]*\btype=\"module\")[^>]*\bsrc=", page), "a classic script tag"
+    todo = [("/" + m) for m in re.findall(r'<script type="module" src="([^"]+)"', page)]
+    assert todo == ["/static/app.js"], todo
+    seen: dict[str, httpx.Response] = {}
+    while todo:
+        path = todo.pop()
+        if path in seen:
+            continue
+        seen[path] = r = c.get(path)
+        assert r.status_code == 200, f"{path}: {r.status_code} (a module the page imports is not served)"
+        code = re.sub(r"^\s*//.*$", "", r.text, flags=re.M)  # imports named in comments are not imports
+        for m in MODULE_REF.finditer(code):
+            ref = m.group(1) or m.group(2)
+            assert ref.startswith("./") and ref.endswith(".js"), f"{path} imports {ref!r}: only ./name.js here"
+            todo.append(path.rsplit("/", 1)[0] + "/" + ref[2:])
+    return seen
+
+
+def test_every_module_the_page_imports_is_served_as_javascript():
+    with TestClient(create_app(Settings(model="/nonexistent"), loader=_no_model)) as c:
+        modules = _page_modules(c)
+    for path, r in modules.items():
+        # a module script with any other type (text/plain, application/octet-stream) is refused by the browser
+        assert r.headers["content-type"].startswith("text/javascript"), (path, r.headers["content-type"])
+        assert r.headers["x-content-type-options"] == "nosniff"
+        assert r.text.startswith("//"), f"{path}: no comment at the top saying why the module exists"
+        assert r.text.count("\n") <= 500, f"{path}: over 500 lines"
+    # no module shipped in the package that the page never loads (nor one it loads that is not shipped)
+    assert {p.rsplit("/", 1)[1] for p in modules} == {f.name for f in WEB_DIR.glob("*.js")}
+    assert len(modules) > 1
+
+
+def test_web_files_are_package_data():
+    """A non-editable install ships what pyproject's package-data names: every file the page needs must match it."""
+    import fnmatch
+    import tomllib
+
+    pyproject = tomllib.loads((WEB_DIR.parents[2] / "pyproject.toml").read_text())
+    patterns = pyproject["tool"]["setuptools"]["package-data"]["stable_audio_service"]
+    for f in sorted(WEB_DIR.iterdir()):
+        if f.suffix in (".js", ".css", ".html"):
+            rel = f"web/{f.name}"
+            assert any(fnmatch.fnmatch(rel, p) for p in patterns), f"{rel} is not in package-data {patterns}"
 
 
 # ------------------------------------------------------------------ live server --

@@ -1,0 +1,37 @@
+// The generation form's plain fields: their names, reading them into a request body, and a random seed
+// within the service's bounds. The editing fields (source, strength, regions) live with the editing modules.
+
+import { $ } from "./util.js";
+import { state } from "./state.js";
+import { loras } from "./loras.js";
+
+const NUMERIC = ["duration", "num_inference_steps", "guidance_scale", "seed"];
+export const FIELDS = ["prompt", "negative_prompt", ...NUMERIC, "format"];
+
+export function randomSeed() {
+  const max = state.models ? state.models.fields.seed.maximum : 2 ** 32 - 1;
+  const min = state.models ? state.models.fields.seed.minimum : 0;
+  const u = new Uint32Array(1);
+  crypto.getRandomValues(u);
+  return min + (u[0] % (max - min + 1));
+}
+
+export function readForm() {
+  const body = { prompt: $("prompt").value };
+  const neg = $("negative_prompt").value;
+  if (neg.trim()) body.negative_prompt = neg;
+  const bad = [];
+  for (const name of NUMERIC) {
+    const input = $(name);
+    if (input.validity.badInput) {
+      bad.push(name);
+      continue;
+    }
+    if (input.value.trim() === "") continue; // the service's default (or a random seed)
+    body[name] = Number(input.value);
+  }
+  body.format = $("format").value;
+  const adapters = loras.body();
+  if (adapters) body.loras = adapters;
+  return { body, bad };
+}
