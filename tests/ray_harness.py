@@ -62,12 +62,12 @@ class RayBackend(httpx.Client):
             queue_size=QUEUE_SIZE,
             shutdown_grace_s=5,
         )
-        options = ray_serve.RayOptions(
-            replicas=REPLICAS, num_cpus=0.5, ingress_num_cpus=0.25, health_check_period_s=1.0
-        )
-        # small logical CPU count: the machine has 2 cores; replicas set their own torch threads
+        # As `serve --ray --replicas 2` starts it: Ray counts this machine's own CPUs (no num_cpus), and the
+        # replicas and the ingress get the default shares of them, which fit any machine (tested in
+        # test_ray_resources.py). Only the dashboard and the log forwarding are left out, to keep the tests quiet.
+        self.options = ray_serve.RayOptions(replicas=REPLICAS, health_check_period_s=1.0)
         ray_serve.start(
-            self.settings, options, num_cpus=4, include_dashboard=False, log_to_driver=False, configure_logging=False
+            self.settings, self.options, include_dashboard=False, log_to_driver=False, configure_logging=False
         )
         self.ray = ray
         super().__init__(base_url=f"http://127.0.0.1:{self.settings.port}", timeout=120)

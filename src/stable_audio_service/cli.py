@@ -40,7 +40,11 @@ def serve(
     ray: bool = typer.Option(False, "--ray", help="Serve through Ray Serve: N model replicas (needs the ray extra)."),
     replicas: str | None = typer.Option(None, help="--ray: model replicas, N or MIN:MAX to autoscale (default 1)."),
     num_gpus: float | None = typer.Option(None, help="--ray: GPUs per replica, fractional ok (default 1 with GPUs)."),
-    num_cpus: float | None = typer.Option(None, help="--ray: CPUs per replica (default 1)."),
+    num_cpus: float | None = typer.Option(
+        None,
+        help="--ray: CPUs per replica (default: a local instance's CPUs shared among the replicas after the "
+        "ingress's share; 1 on a cluster).",
+    ),
     target_ongoing_requests: float | None = typer.Option(
         None, help="--ray with MIN:MAX: queued+running requests per replica to aim for (default: max batch size)."
     ),
@@ -68,12 +72,15 @@ def serve(
             options = ray_serve.RayOptions(
                 **ray_serve.RayOptions.parse_replicas(replicas or "1"),
                 num_gpus=num_gpus,
-                num_cpus=1.0 if num_cpus is None else num_cpus,
+                num_cpus=num_cpus,  # None: fitted to the cluster once Ray is up
                 target_ongoing_requests=target_ongoing_requests,
             )
         except ValueError as exc:
             _fail(str(exc))
-        ray_serve.serve_forever(settings, options)  # SIGTERM: the application drains and stops, exit 0
+        try:
+            ray_serve.serve_forever(settings, options)  # SIGTERM: the application drains and stops, exit 0
+        except ray_serve.DoesNotFit as exc:  # before anything was deployed: Serve would wait for it forever
+            _fail(str(exc))
         return
     serving.run(create_app(settings), settings)  # graceful SIGTERM: answers in-flight work, flushes telemetry
 
