@@ -21,7 +21,8 @@ official windowed decode/encode (`chunked: true`: windows of 128 latents every 9
 Decode-time randomness is explicit: `decode(..., generator=g)` draws, window by window, the bottleneck
 `noise_regularize` noise and then each TRB's `mask_noise`, exactly as `torch.randn_like` on the CPU global RNG
 does in the official code when `g` is a CPU generator in the same state; `generator=None` means no decode-time
-noise; `noises=[...]` replays stored draws in that order (for parity tests).
+noise; `noises=[...]` replays stored draws in that order (for parity tests). Encoding is the same: an encoder
+with `mask_noise > 0` draws its new-token noise from `encode(..., generator=g)`, window by window.
 """
 
 from __future__ import annotations
@@ -533,8 +534,10 @@ class SameAutoencoder(nn.Module):
         """(B, io_channels, N) at the model rate -> (B, latent_dim, L), as the official pretransform encodes.
 
         Windowed when `chunked` and N >= 128 latents of audio (then L = N // hop); otherwise one pass over the
-        input zero-padded to whole patches and chunks. `generator` only matters for a config with encoder
-        `mask_noise > 0` (none of the official ones)."""
+        input zero-padded to whole patches and chunks. `generator`: where an encoder with `mask_noise > 0` draws
+        its new-token noise ([B * groups, 1 or stride, width] per noisy TRB, window by window, as the official
+        `torch.randn_like` on the CPU global RNG); None encodes without that noise. An encoder without
+        `mask_noise` (see `encode_draws`) never touches the generator."""
         if audio.ndim != 3 or audio.shape[1] != self.io_channels or audio.shape[-1] < 1:
             raise ValueError(f"audio must be (batch, {self.io_channels}, samples>0), got {tuple(audio.shape)}")
         audio = audio.to(self._dtype)
@@ -554,6 +557,11 @@ class SameAutoencoder(nn.Module):
             left, right = (0 if i == 0 else trim), (WINDOW_LATENTS if last else WINDOW_LATENTS - trim)
             out[..., at + left : at + right] = chunk[..., left:right]
         return out
+
+    @property
+    def encode_draws(self) -> bool:
+        """Whether `encode` draws from its generator: some encoder TRB with transformer layers has `mask_noise`."""
+        return any(isinstance(m, _ResamplingBlock) and m.depth > 0 and m.mask_noise > 0 for m in self.encoder.layers)
 
     def _encode_once(self, audio: torch.Tensor, noise: _NoiseSource) -> torch.Tensor:
         x = _pad_to_multiple(audio, self.patch, dim=-1)

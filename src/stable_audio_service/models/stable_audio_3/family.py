@@ -1,10 +1,13 @@
 """Stable Audio 3 as the engine sees it: official checkpoint in, Stability's `generate()` out, one step at a time.
 
 `start` does what `StableAudioModel.generate` does before its sampler loop, in the same order for the random
-stream (the initial noise is the request generator's first draw, before any conditioning); `step` runs one
-ping-pong step for a whole batch of requests in one DiT forward (guided requests add their unconditional row
-next to their conditional one, as the official batch-2 CFG forward does); `finish` decodes with the
-autoencoder's decode-time draws from the same generator, zeroes the padded frames, clamps and cuts to the
+stream: the initial noise is the request generator's first draw, before any conditioning; then the sources are
+encoded, the audio-to-audio source before the inpainting one, each once whatever the number of regions, and an
+encoder with token noise (`mask_noise > 0`) draws from the same generator (one draw per noisy resampling block and
+encode window, as `generate()` -> `_encode_audio_input` -> `pretransform.encode` -> `encode_audio` draws from the
+global RNG); `step` runs one ping-pong step for a whole batch of requests in one DiT forward (guided requests add
+their unconditional row next to their conditional one, as the official batch-2 CFG forward does); `finish` decodes
+with the autoencoder's decode-time draws from the same generator, zeroes the padded frames, clamps and cuts to the
 duration. Each request keeps its own `torch.Generator("cpu")`, so its draws do not depend on its batch.
 
 Limits, and where they come from (Stability-AI/stable-audio-3 @ 636f906):
@@ -317,9 +320,14 @@ class StableAudio3Model(AudioModel[SA3State]):
         return out.to(self.device)
 
     @torch.no_grad()
-    def _encode_source(self, audio: np.ndarray, win: sampling.Window) -> torch.Tensor:
-        latents = self.autoencoder.encode(self._waveform(audio, win.audio_samples).to(self.torch_dtype))
-        return latents.float()
+    def _encode_source(
+        self, audio: np.ndarray, win: sampling.Window, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """A source's latents. An encoder with token noise (`mask_noise > 0`) draws from `generator`, the request's
+        stream, where `generate()` draws from the global RNG: one draw per noisy resampling block and encode window,
+        so every later draw of the request (the ping-pong steps, the decode) lands where the official one does."""
+        wave = self._waveform(audio, win.audio_samples).to(self.torch_dtype)
+        return self.autoencoder.encode(wave, generator).float()
 
     @torch.no_grad()
     def _context(self, text: str, duration_token: torch.Tensor, *, negative: bool = False) -> torch.Tensor:
@@ -365,7 +373,7 @@ class StableAudio3Model(AudioModel[SA3State]):
         if params.init_audio is not None:
             level = params.init_noise_level
             sigma_max = float(level if level is not None else self.capabilities.init_noise_level.default)
-            init = self._encode_source(params.init_audio, win)
+            init = self._encode_source(params.init_audio, win, generator=generator)
             x = init * (1 - sigma_max) + noise * sigma_max
 
         local = None
@@ -384,7 +392,7 @@ class StableAudio3Model(AudioModel[SA3State]):
                     duration=duration,
                     device=self.device,
                 )
-                masked = self._encode_source(source, win) * mask
+                masked = self._encode_source(source, win, generator=generator) * mask
                 keep = kept_samples(win.output_samples, int(source.shape[-1]), regions, self.sample_rate)
                 wave = self._waveform(source, win.output_samples)[0].float().clamp(-1, 1)
                 kept_source = wave.cpu().numpy()
