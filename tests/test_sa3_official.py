@@ -1,14 +1,15 @@
 """Stable Audio 3 through `StableAudio3Model` against Stability's own library (the oracle fixtures in
 ../shared/fixtures/sa3-official), plus batching, checkpoint errors and the official-format tiny model.
 
-Every fixture case runs from the seed as the engine runs it (from_checkpoint -> start -> step x N -> finish) and
-must give the official final latents and audio within 1e-4; the intermediate arrays (text rows, duration
-embedding, schedule, padding mask, draws, per-step predictions) are compared too, so a failure says where.
+Every fixture case runs from the seed as the engine runs it (from_checkpoint -> start -> step x N -> finish).
+What every CPU computes identically is pinned bitwise: sizes, padding mask, sigma schedule, every RNG draw. Each
+stage is then compared fed the official inputs of that stage, with a tight tolerance relative to the values' scale
+(text rows, conditioning, one DiT call per step, the decode with its stored draws), and the whole chain end to end
+with a per-case tolerance from the oracle's own cross-host spread. tests/oracle.py says where each figure comes from.
 """
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
@@ -22,29 +23,21 @@ from stable_audio_service.models.stable_audio_3 import sampling
 from stable_audio_service.models.stable_audio_3.family import StableAudio3Model, sa3_limits
 from stable_audio_service.models.tiny import make_tiny
 
-from .oracle import request_fields
+from . import oracle
+from .oracle import FIXTURES, fixture, fixture_cases, maxdiff, params_of
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "sa3-official"
 NAMES = ("medium-tiny", "small-tiny")
-TOL = 1e-4
-
-
-def _cases(name: str) -> list[dict]:
-    path = FIXTURES / name / "cases.json"
-    return json.loads(path.read_text())["cases"] if path.is_file() else []
-
-
-CASES = [(name, case["name"]) for name in NAMES for case in _cases(name)] or [("none", "none")]
+CASES = [(name, case) for name in NAMES for case in fixture_cases(name)] or [("none", "none")]
+STEP_CASES = [(name, case) for name in NAMES for case in fixture_cases(name, "denoised_per_step")] or [("none", "none")]
 needs_fixtures = pytest.mark.skipif(
     not FIXTURES.is_dir(), reason=f"{FIXTURES} is absent (the oracle fixtures live beside the repository, in CI)"
 )
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The fixtures are tiny: one thread is several times faster than two on a shared CPU."""
+def oracle_threads():
     before = torch.get_num_threads()
-    torch.set_num_threads(1)
+    torch.set_num_threads(oracle.oracle_threads())
     yield
     torch.set_num_threads(before)
 
@@ -57,36 +50,9 @@ def fixture_model(name: str) -> StableAudio3Model:
         _MODELS[name] = StableAudio3Model.from_checkpoint(
             FIXTURES / name, name=name, device="cpu", dtype=torch.float32, text_cache_size=16
         )
-    return _MODELS[name]
-
-
-def reference(name: str):
-    return np.load(FIXTURES / name / "reference.npz")
-
-
-def case_of(name: str, case_name: str) -> dict:
-    return next(c for c in _cases(name) if c["name"] == case_name)
-
-
-def params_of(case: dict, ref) -> GenerationParams:
-    """The request a service client would send for this `generate()` call."""
-    g = case["generate_kwargs"]
-    fields = request_fields(case)
-    fields.pop("init_noise_level", None)  # set below with the source it belongs to
-    params = GenerationParams(**fields)
-    if case["init_audio"]:
-        params.init_audio = ref[f"{case['name']}__input_audio"]
-        params.init_noise_level = g["init_noise_level"]
-    if case["inpaint_audio"]:
-        params.inpaint_audio = ref[f"{case['name']}__input_audio"]
-        params.inpaint_regions = [(g["inpaint_mask_start_seconds"], g["inpaint_mask_end_seconds"])]
-    return params
-
-
-def maxdiff(a, b) -> float:
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    assert a.shape == b.shape, f"shape {a.shape} != {b.shape}"
-    return float(np.abs(a - b).max())
+    model = _MODELS[name]
+    model.keep_inpaint_source = False  # compare with exactly what Stability's generate() returns
+    return model
 
 
 def run(model: StableAudio3Model, params: GenerationParams, on_step=None):
@@ -99,89 +65,132 @@ def run(model: StableAudio3Model, params: GenerationParams, on_step=None):
     return state, latents, model.finish(state)
 
 
-@needs_fixtures
-@pytest.mark.parametrize(("fixture", "case_name"), CASES)
-def test_fixture_case_reproduces_official(fixture, case_name):
-    model = fixture_model(fixture)
-    model.keep_inpaint_source = False  # compare with exactly what Stability's generate() returns
-    case, ref = case_of(fixture, case_name), reference(fixture)
-    key = f"{case_name}__".__add__
-    derived = case["derived"]
+def assert_rel(ours, ref, rel: float, what: str) -> None:
+    ok, message = oracle.close_rel(ours, ref, rel)
+    assert ok, f"{what}: {message}"
 
-    state = model.start(params_of(case, ref))
-    # sizes, mask and schedule
+
+@needs_fixtures
+@pytest.mark.parametrize(("name", "case"), CASES)
+def test_exact_parts_are_bitwise(name, case):
+    """Sizes, padding mask, schedule and every RNG draw: the same on every CPU, so equal to the bit (the draws:
+    wherever ATen's normal sampler is vectorised; see oracle.DRAW_REL)."""
+    model, fx = fixture_model(name), fixture(name)
+    derived = fx.cases[case]["derived"]
+    state = model.start(params_of(fx, case))
     assert state.window.audio_samples == derived["audio_sample_size"]
     assert state.window.latent_length == derived["latent_length"]
     assert state.window.valid_frames == derived["valid_latent_length"]
-    assert np.array_equal(state.padding_mask.numpy(), ref[key("padding_mask")])
-    assert maxdiff(state.sigmas, ref[key("sigmas")]) == 0.0
-    # conditioning
-    n_text = ref[key("text_embeds_valid")].shape[1]
-    assert maxdiff(state.context[:, :n_text], ref[key("text_embeds_valid")]) <= 1e-6
-    assert maxdiff(state.context[:, -1], ref[key("duration_token")]) <= 1e-6
-    assert maxdiff(state.global_cond, ref[key("global_cond")]) <= 1e-6
-    assert maxdiff(state.local_cond, ref[key("local_add_cond")]) <= 1e-5
-    if key("negative_text_embeds_valid") in ref.files:
-        n_neg = ref[key("negative_text_embeds_valid")].shape[1]
-        assert maxdiff(state.uncond_context[:, :n_neg], ref[key("negative_text_embeds_valid")]) <= 1e-6
-        assert not state.uncond_context[:, n_neg:-1].any(), "a negative prompt's padded rows must be zero"
-    elif case["generate_kwargs"]["cfg_scale"] != 1:
-        assert not state.uncond_context.any(), "the null context is all zeros, duration token included"
-    if not case["init_audio"]:
-        assert maxdiff(state.x, ref[key("initial_noise")]) == 0.0  # the seed's first draw
-
-    denoised, noises = [], []
+    assert np.array_equal(state.padding_mask.numpy(), fx.array(case, "padding_mask"))
+    assert maxdiff(state.sigmas, fx.array(case, "sigmas")) == 0.0
+    if not fx.cases[case]["init_audio"]:
+        oracle.assert_draws(state.x, fx.array(case, "initial_noise"), "initial noise")  # the seed's first draw
+    noises = []
     while not state.finished:
         model.step([state])
-        denoised.append(state.denoised.clone())
         noises.append(state.noise.clone())
-    assert maxdiff(torch.stack(noises), ref[key("step_noises")]) == 0.0
-    if key("denoised_per_step") in ref.files:
-        assert maxdiff(torch.stack(denoised), ref[key("denoised_per_step")]) <= TOL
-    assert maxdiff(state.x, ref[key("latents")]) <= TOL
-    audio = model.finish(state)
-    assert audio.dtype == np.float32
-    assert maxdiff(audio, ref[key("audio")][0]) <= TOL
+    oracle.assert_draws(torch.stack(noises), fx.array(case, "step_noises"), "step noises")
 
 
 @needs_fixtures
-@pytest.mark.parametrize("fixture", NAMES)
-def test_sampler_is_exact_given_the_official_source_latents(fixture, monkeypatch):
-    """a2a and inpainting differ from the oracle only through the autoencoder's encode (~1 ulp, which the
-    random-weight sampler amplifies to ~1e-5); fed the official source latents, the sampler is exact."""
-    model, ref = fixture_model(fixture), reference(fixture)
-    for case_name, latents_key in (("a2a_1s", "init_latents"), ("inpaint_1s", "inpaint_latents")):
-        official = torch.from_numpy(ref[f"{case_name}__{latents_key}"])
-        monkeypatch.setattr(model, "_encode_source", lambda audio, win, official=official: official.clone())
-        _, latents, _ = run(model, params_of(case_of(fixture, case_name), ref))
-        assert maxdiff(latents, ref[f"{case_name}__latents"]) <= 1e-6, case_name
+@pytest.mark.parametrize(("name", "case"), CASES)
+def test_text_and_conditioning_stage(name, case):
+    model, fx = fixture_model(name), fixture(name)
+    state = model.start(params_of(fx, case))
+    text = fx.array(case, "text_embeds_valid")
+    assert_rel(state.context[:, : text.shape[1]], text, oracle.TEXT_REL, "T5Gemma rows")
+    assert_rel(state.context[:, -1], fx.array(case, "duration_token"), oracle.COND_REL, "duration token")
+    assert_rel(state.global_cond, fx.array(case, "global_cond"), oracle.COND_REL, "global conditioning")
+    assert_rel(state.local_cond, fx.array(case, "local_add_cond"), oracle.COND_REL, "local conditioning")
+    if fx.has(case, "negative_text_embeds_valid"):
+        negative = fx.array(case, "negative_text_embeds_valid")
+        assert_rel(state.uncond_context[:, : negative.shape[1]], negative, oracle.TEXT_REL, "negative prompt rows")
+        assert not state.uncond_context[:, negative.shape[1] : -1].any(), "a negative prompt's padded rows are zero"
+    elif fx.cases[case]["generate_kwargs"]["cfg_scale"] != 1:
+        assert not state.uncond_context.any(), "the null context is all zeros, duration token included"
+
+
+@needs_fixtures
+@pytest.mark.parametrize(("name", "case"), STEP_CASES)
+def test_one_dit_call_per_step_fed_the_official_latents(name, case):
+    """Each step's prediction from the latents the official sampler had at that step (rebuilt from its stored
+    predictions and draws): one DiT call (with guidance) is not chaotic, so the tolerance stays tight."""
+    model, fx = fixture_model(name), fixture(name)
+    state = model.start(params_of(fx, case))
+    inputs, denoised = fx.step_inputs(case), fx.array(case, "denoised_per_step")
+    for i in range(len(denoised)):
+        if i > 0:
+            state.x = inputs[i - 1].clone()
+        model.step([state])
+        assert_rel(state.denoised, denoised[i], oracle.STEP_REL, f"step {i}")
+
+
+@needs_fixtures
+@pytest.mark.parametrize(("name", "case"), CASES)
+def test_decode_stage_fed_the_official_latents_and_draws(name, case):
+    """`finish` (decode with the request's decode-time draws, padded frames zeroed, clamp, cut) from the official
+    final latents and a generator at the official position: the decode draws are the stored ones."""
+    model, fx = fixture_model(name), fixture(name)
+    state = model.start(params_of(fx, case))
+    state.x = torch.from_numpy(fx.array(case, "latents")).clone()
+    state.generator = oracle.seeded_generator(fx, case)
+    state.step = state.total_steps
+    audio = fx.array(case, "audio")[0]
+    assert_rel(model.finish(state), audio, oracle.DECODE_REL, "decoded audio")
+
+
+@needs_fixtures
+@pytest.mark.parametrize(("name", "case"), CASES)
+def test_end_to_end_within_the_oracles_own_spread(name, case):
+    """The whole chain from the seed: final latents and audio within a small multiple of how far Stability's own
+    library moved this case between two CPU hosts."""
+    model, fx = fixture_model(name), fixture(name)
+    _, latents, audio = run(model, params_of(fx, case))
+    assert audio.dtype == np.float32
+    assert maxdiff(latents, fx.array(case, "latents")) <= fx.e2e_tol(case, "latents")
+    assert maxdiff(audio, fx.array(case, "audio")[0]) <= fx.e2e_tol(case, "audio")
+
+
+@needs_fixtures
+@pytest.mark.parametrize("name", NAMES)
+def test_sampler_given_the_official_source_latents(name, monkeypatch):
+    """a2a and inpainting fed the official source latents (the encode stage is checked on its own in
+    test_sa3_autoencoder): the sampler's chain within the case's cross-host spread."""
+    model, fx = fixture_model(name), fixture(name)
+    for case, latents_key in (("a2a_1s", "init_latents"), ("inpaint_1s", "inpaint_latents")):
+        official = torch.from_numpy(fx.array(case, latents_key))
+        monkeypatch.setattr(model, "_encode_source", lambda *args, official=official, **kw: official.clone())
+        _, latents, _ = run(model, params_of(fx, case))
+        assert maxdiff(latents, fx.array(case, "latents")) <= fx.e2e_tol(case, "latents"), case
 
 
 @needs_fixtures
 def test_inpainting_returns_the_source_outside_the_regions():
-    model, ref = fixture_model("small-tiny"), reference("small-tiny")
+    model, fx = fixture_model("small-tiny"), fixture("small-tiny")
     model.keep_inpaint_source = True
-    params = params_of(case_of("small-tiny", "inpaint_1s"), ref)
-    state = model.start(params)
-    params.drop_uploads()  # the engine frees uploads once they are encoded; the kept audio must survive that
-    while not state.finished:
-        model.step([state])
-    audio = model.finish(state)
-    source, official = ref["inpaint_1s__input_audio"], ref["inpaint_1s__audio"][0]
+    try:
+        params = params_of(fx, "inpaint_1s")
+        state = model.start(params)
+        params.drop_uploads()  # the engine frees uploads once they are encoded; the kept audio must survive that
+        while not state.finished:
+            model.step([state])
+        audio = model.finish(state)
+    finally:
+        model.keep_inpaint_source = False
+    source, official = fx.array("inpaint_1s", "input_audio"), fx.array("inpaint_1s", "audio")[0]
     lo, hi = int(0.3 * 44100), int(0.6 * 44100)
     assert np.array_equal(audio[:, :lo], np.clip(source[:, :lo], -1, 1))
     assert np.array_equal(audio[:, hi:], np.clip(source[:, hi:], -1, 1))
-    assert maxdiff(audio[:, lo:hi], official[:, lo:hi]) <= TOL
+    assert maxdiff(audio[:, lo:hi], official[:, lo:hi]) <= fx.e2e_tol("inpaint_1s", "audio")
 
 
 @needs_fixtures
 def test_batched_equals_solo():
     """Three requests with different prompts, seeds and guidance (APG, vanilla CFG with a negative prompt,
     inpainting) in one forward per step give exactly their solo results; each keeps its own draws."""
-    model, ref = fixture_model("small-tiny"), reference("small-tiny")
-    model.keep_inpaint_source = False
+    model, fx = fixture_model("small-tiny"), fixture("small-tiny")
     requests = [
-        params_of(case_of("small-tiny", "inpaint_1s"), ref),
+        params_of(fx, "inpaint_1s"),
         GenerationParams(prompt="A gentle piano", duration=0.9, guidance_scale=7.0, num_inference_steps=8, seed=5),
         GenerationParams(
             prompt="tech house",
@@ -201,7 +210,8 @@ def test_batched_equals_solo():
     for (_, latents, audio), state in zip(solo, states, strict=True):
         assert torch.equal(state.x, latents)
         assert np.array_equal(model.finish(state), audio)
-    assert maxdiff(solo[0][1], ref["inpaint_1s__latents"]) <= TOL  # the batch did not change the oracle case
+    # the batch did not change the oracle case
+    assert maxdiff(solo[0][1], fx.array("inpaint_1s", "latents")) <= fx.e2e_tol("inpaint_1s", "latents")
 
 
 def test_batch_key_is_latent_length(tmp_path_factory):
@@ -214,7 +224,7 @@ def test_batch_key_is_latent_length(tmp_path_factory):
 
     assert key(0.9) == key(1.0)  # both 76 latents (7 s window rounded to an even number of frames)
     assert key(1.0) != key(4.0)
-    assert key(1.0) == key(1.0, steps=9)  # per-row schedules: step counts share a forward pass (issue 12)
+    assert key(1.0) == key(1.0, steps=9)  # per-row schedules: step counts share a forward pass
 
 
 def test_continuation_regenerates_past_the_source():

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import lora
+from . import lora, numerics
 from .config import DiTConfig
 
 
@@ -33,7 +33,7 @@ def expo_fourier_features(t: torch.Tensor, dim: int, min_freq: float = 0.5, max_
     t = t.float()
     if t.dim() == 1:
         t = t.unsqueeze(-1)
-    ramp = torch.linspace(0, 1, dim // 2, device=t.device, dtype=torch.float32)
+    ramp = numerics.linspace(0, 1, dim // 2, device=t.device)  # the fused form on every CPU (see numerics)
     log_min, log_max = math.log(min_freq), math.log(max_freq)
     freqs = torch.exp(ramp * (log_max - log_min) + log_min)
     args = t * freqs * 2 * math.pi

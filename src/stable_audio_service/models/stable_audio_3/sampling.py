@@ -23,6 +23,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from . import numerics
+
 
 @dataclass(frozen=True)
 class Window:
@@ -106,7 +108,7 @@ def make_shift(options: dict | None) -> LogSNRShift | IdentityShift:
 
 def schedule(steps: int, sigma_max: float, shift: LogSNRShift | IdentityShift, effective_length: int) -> torch.Tensor:
     """`build_schedule` for one request: (1, steps+1) float32, t[0] = sigma_max, t[-1] = 0."""
-    t = torch.linspace(sigma_max, 0, steps + 1)
+    t = numerics.linspace(sigma_max, 0, steps + 1)  # the fused form on every CPU (see numerics)
     seq_len = torch.clamp(torch.tensor([float(effective_length)], dtype=torch.float32), min=1)
     t = shift.shift(t, seq_len)
     if t.dim() == 1:
