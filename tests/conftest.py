@@ -71,6 +71,23 @@ def decode_b64(audio_b64: str):
 FAST = {"duration": 1.0, "num_inference_steps": 10}
 
 
+@pytest.fixture
+def step_hold(monkeypatch):
+    """`step_hold(model, prompt, after=0)`: a StepHold on that model (tests/fake_model.py), released when the
+    test ends so that no worker stays parked in it."""
+    from .fake_model import StepHold
+
+    holds: list[StepHold] = []
+
+    def make(model, prompt: str, after: int = 0) -> StepHold:
+        holds.append(StepHold(monkeypatch, model, prompt, after))
+        return holds[-1]
+
+    yield make
+    for hold in holds:
+        hold.release()
+
+
 class LiveServer:
     """The app under a real uvicorn on a free loopback port, in a thread (for disconnects and load)."""
 

@@ -3,12 +3,15 @@
 It implements exactly what the engine calls (`batch_key`, `start`, `step`, `finish`,
 `sample_rate`, `channels`) and nothing else. Each phase can be gated: the worker then stops at
 the gate until the test hands out permits, so a test decides what happens between two steps
-(cancel, submit batch mates, shut down) without sleeping or racing the clock.
+(cancel, submit batch mates, shut down) without sleeping or racing the clock. `StepHold` does the same
+for a real model: a request that must still be running at some moment is held there, however fast the
+machine is, instead of being given "enough" steps to be slow.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 
 import numpy as np
 
@@ -16,6 +19,8 @@ from stable_audio_service.models.base import Bound, GenerationParams, Generation
 
 # Only a safety net against a test that forgets to open a gate: never part of an assertion.
 GATE_TIMEOUT_S = 30.0
+# The same for a held real model, whose test may drive a browser or a client meanwhile.
+HOLD_TIMEOUT_S = 120.0
 
 
 class Gate:
@@ -166,3 +171,65 @@ class GatedEncode:
 
     def release(self, seed: int) -> None:
         self.hold[seed].set()
+
+
+class StepHold:
+    """Holds a real model's denoising for the requests whose prompt is `prompt`: their first `after` forward
+    passes run, the next one waits until `release()` (from then on they run freely). A test thereby has a
+    generation that is under way and cannot finish until it says so, on any machine. `arrived` is set once a
+    pass is held. Installed with monkeypatch on the model instance (the `step_hold` fixture releases it at the
+    end of the test)."""
+
+    def __init__(self, monkeypatch, model, prompt: str, after: int = 0) -> None:
+        self.prompt = prompt
+        self.after = after
+        self.passes = 0
+        self.arrived = threading.Event()
+        self.released = threading.Event()
+        real = model.step
+
+        def step(states):
+            if any(s.params.prompt == prompt for s in states):
+                if self.passes >= after and not self.released.is_set():
+                    self.arrived.set()
+                    if not self.released.wait(HOLD_TIMEOUT_S):
+                        raise RuntimeError(f"test hold on {prompt!r} was never released")
+                self.passes += 1
+            return real(states)
+
+        monkeypatch.setattr(model, "step", step)
+
+    def wait_arrival(self) -> None:
+        """Returns once a held request's forward pass is waiting here."""
+        assert self.arrived.wait(HOLD_TIMEOUT_S), f"no request {self.prompt!r} reached its hold"
+
+    def release(self) -> None:
+        self.released.set()
+
+
+def wait_until(condition, what: str = "condition", timeout: float = HOLD_TIMEOUT_S, poll: float = 0.01) -> None:
+    """Polls `condition` until it holds; the timeout only bounds the wait for an event, it is not a guess at
+    how long something takes."""
+    end = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < end, f"{what}: not met within {timeout:g} s"
+        time.sleep(poll)
+
+
+def step_when_followed(monkeypatch, engine) -> None:
+    """Each forward pass of `engine`'s model first waits until every running job kept for the jobs API has its
+    event stream open. A client follows a job over a stream it opens once `POST /jobs` has answered, and a tiny
+    model can finish the job before that: the client then rightly sees no step events, and a test of its progress
+    would depend on the machine's speed. `/predict` jobs (not kept, never followed) are not waited for."""
+    model = engine.model
+    real = model.step
+
+    def followed() -> bool:
+        with engine._cond:
+            return all(job.subscribers for job in engine._running if job.keep)
+
+    def step(states):
+        wait_until(followed, "a job's event stream to open", poll=0.002)
+        return real(states)
+
+    monkeypatch.setattr(model, "step", step)

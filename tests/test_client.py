@@ -24,6 +24,7 @@ from stable_audio_service.client import (
 from stable_audio_service.config import Settings
 
 from .conftest import LiveServer
+from .fake_model import step_when_followed, wait_until
 
 # 1 s clips, 10 steps, and only the latents a 1 s clip needs: a generation takes a fraction of a second.
 FAST = {"duration": 1.0, "num_inference_steps": 10}
@@ -35,6 +36,12 @@ def live(tiny_dir):
     server = LiveServer(Settings(model=str(tiny_dir), window="fit", batch_wait_ms=0, api_key=TOKEN))
     yield server
     server.stop()
+
+
+@pytest.fixture()
+def followed(live, monkeypatch):
+    """For tests that check the step events a client sees: the jobs they follow wait for their stream to open."""
+    step_when_followed(monkeypatch, live.engine)
 
 
 @pytest.fixture()
@@ -62,7 +69,7 @@ def test_generate_returns_the_file_and_its_facts(client):
     assert np.abs(samples).max() > 0  # noise, not silence
 
 
-def test_same_seed_same_audio_through_both_paths(client):
+def test_same_seed_same_audio_through_both_paths(client, followed):
     """`/predict` (no progress) and the jobs path (progress) are the same generation."""
     direct = client.generate("wind", seed=11, **FAST)
     events = []
@@ -76,7 +83,7 @@ def test_same_seed_same_audio_through_both_paths(client):
     assert events[-1].result is tracked
 
 
-def test_stream_iterator_and_upload(client, tmp_path):
+def test_stream_iterator_and_upload(client, followed, tmp_path):
     """`stream()` yields the events, the last carrying the result; `init_audio` takes a path or bytes."""
     source = tmp_path / "source.wav"
     sf.write(source, np.zeros((22050, 1), dtype=np.float32), 22050)
@@ -117,25 +124,32 @@ def test_token_is_required_and_sent(live):
         assert described["fields"]["duration"]["maximum"] == 30
 
 
-def test_cancel_a_job(client):
-    """A job cancelled mid-stream raises JobCancelled; its audio is then refused with 409."""
+def test_cancel_a_job(client, live, step_hold):
+    """A job cancelled mid-stream raises JobCancelled; its audio is then refused with 409. The job is held after
+    its first step until it has been cancelled, so it cannot finish first on a fast machine."""
+    hold = step_hold(live.engine.model, "long", after=1)
     job_id = None
     with pytest.raises(JobCancelled) as err:
-        for event in client.stream("long", duration=1.0, num_inference_steps=200):
+        for event in client.stream("long", **FAST):
             if event.type == "step":
                 job_id = event.job_id
                 assert client.cancel(job_id)["id"] == job_id
+                hold.release()
     assert err.value.status == 409
     with pytest.raises(StableAudioError) as gone:
         client.fetch_audio(job_id)
     assert gone.value.status == 409 and "cancelled" in gone.value.message
 
 
-def test_closing_the_stream_early_cancels_the_job(client):
-    events = client.stream("long", duration=1.0, num_inference_steps=200)
+def test_closing_the_stream_early_cancels_the_job(client, live, step_hold):
+    hold = step_hold(live.engine.model, "long")  # the job cannot finish before the service sees the stream close
+    events = client.stream("long", **FAST)
     first = next(events)
     assert first.type in ("queued", "step")
     events.close()
+    job = live.engine.get(first.job_id)
+    wait_until(lambda: job.cancel_requested or job.status.value == "cancelled", "the closed stream cancelled the job")
+    hold.release()
     assert [e.type for e in client.events(first.job_id)][-1] == "cancelled"
 
 
@@ -154,13 +168,14 @@ def full_server(tiny_dir):
     server.stop()
 
 
-def test_retries_429_honouring_retry_after(full_server):
+def test_retries_429_honouring_retry_after(full_server, step_hold):
     waits: list[float] = []
     sent: list[str] = []
+    hold = step_hold(full_server.engine.model, "blocker")  # the blockers run until the test frees the queue
     with StableAudioClient(full_server.url, retries=3, event_hooks=counting_hooks(sent)) as c:
-        running = c.submit("blocker", duration=1.0, num_inference_steps=200)["id"]
+        running = c.submit("blocker", **FAST)["id"]
         _wait_running(c, running)
-        queued = c.submit("blocker", duration=1.0, num_inference_steps=200)["id"]
+        queued = c.submit("blocker", **FAST)["id"]
         sent.clear()
 
         def sleep(seconds: float) -> None:  # the client's wait: record it; free the queue on the second one
@@ -168,6 +183,7 @@ def test_retries_429_honouring_retry_after(full_server):
             if len(waits) == 2:
                 c.cancel(queued)
                 c.cancel(running)
+                hold.release()
 
         c._sleep = sleep
         result = c.generate("after the queue drained", seed=5, **FAST)
@@ -176,23 +192,25 @@ def test_retries_429_honouring_retry_after(full_server):
     assert sent.count("POST /predict") == 3  # two 429s, then the one that was served
 
 
-def test_retries_are_bounded(full_server):
+def test_retries_are_bounded(full_server, step_hold):
     waits: list[float] = []
+    hold = step_hold(full_server.engine.model, "blocker")  # the queue stays full however fast the machine is
     with StableAudioClient(full_server.url, retries=2, max_retry_wait=0.5) as c:
-        running = c.submit("blocker", duration=1.0, num_inference_steps=200)["id"]
+        running = c.submit("blocker", **FAST)["id"]
         _wait_running(c, running)
-        queued = c.submit("blocker", duration=1.0, num_inference_steps=200)["id"]
+        queued = c.submit("blocker", **FAST)["id"]
         c._sleep = waits.append
         with pytest.raises(StableAudioError) as err:
             c.generate("never fits", **FAST)
         c.cancel(queued)
         c.cancel(running)
+        hold.release()
     assert err.value.status == 429 and err.value.retry_after == float(routes.RETRY_AFTER_S)
     assert "queue full" in err.value.message
     assert waits == [0.5, 0.5]  # capped by max_retry_wait; 2 retries, 3 attempts
 
 
-def test_async_client(live):
+def test_async_client(live, followed):
     async def main():
         waits = []
         async with AsyncStableAudioClient(live.url, token=TOKEN) as c:
@@ -259,7 +277,7 @@ def test_async_retries_then_gives_up():
 runner = CliRunner()
 
 
-def test_cli_generate_server(live, tmp_path):
+def test_cli_generate_server(live, followed, tmp_path):
     out = tmp_path / "remote" / "rain.ogg"
     args = ["generate", "rain", "-o", str(out), "--server", live.url, "--token", TOKEN]
     result = runner.invoke(cli_app, [*args, "--duration", "1", "--steps", "10", "--seed", "9"])

@@ -120,8 +120,14 @@ def test_without_traceparent_a_new_trace_and_health_untraced(client, exported):
     before = len(exported.get_finished_spans())
     assert client.get("/health").status_code == 200
     assert client.get("/metrics").status_code == 200
-    time.sleep(0.2)
-    assert not [s for s in exported.get_finished_spans()[before:] if s.kind == SpanKind.SERVER]
+    # a traced request after them marks the point by which their spans, had they any, were exported too
+    assert client.get("/models").status_code == 200
+
+    def servers() -> list[str]:
+        return [s.name for s in exported.get_finished_spans()[before:] if s.kind == SpanKind.SERVER]
+
+    wait_until(lambda: "GET /models" in servers())
+    assert servers() == ["GET /models"], servers()
 
 
 def test_failed_generation_recorded_on_spans(exported):
@@ -283,7 +289,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-GRACE_S = 20  # the 10-step request fits in it even on a loaded CPU; 399 more steps do not
+# The SIGTERM test holds its requests (tests/held_serve.py) and ends the grace period itself once the short one
+# has been answered: this real-time figure is never reached when the service works, whatever the machine.
+GRACE_S = 120
+HELD_SERVE = Path(__file__).resolve().parent / "held_serve.py"
 
 
 @pytest.fixture(scope="module")
@@ -291,6 +300,7 @@ def served(tiny_dir, tmp_path_factory):
     receiver = Receiver()
     port = free_port()
     log_path = tmp_path_factory.mktemp("served") / "server.log"
+    control = tmp_path_factory.mktemp("control")
     env = {
         **os.environ,
         "OTEL_EXPORTER_OTLP_ENDPOINT": f"127.0.0.1:{receiver.port}",
@@ -306,7 +316,7 @@ def served(tiny_dir, tmp_path_factory):
     env.pop("STABLE_AUDIO_API_KEY", None)
     log_file = open(log_path, "w")  # noqa: SIM115 (closed below)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "stable_audio_service.cli", "serve", "--model", str(tiny_dir), "--port", str(port)],
+        [sys.executable, str(HELD_SERVE), str(control), "serve", "--model", str(tiny_dir), "--port", str(port)],
         env=env,
         stdout=log_file,
         stderr=subprocess.STDOUT,
@@ -322,7 +332,7 @@ def served(tiny_dir, tmp_path_factory):
             pass
         assert time.monotonic() < deadline, "service did not become ready\n" + log_path.read_text()
         time.sleep(0.25)
-    yield {"proc": proc, "base": base, "receiver": receiver, "log": log_path}
+    yield {"proc": proc, "base": base, "receiver": receiver, "log": log_path, "control": control}
     if proc.poll() is None:
         proc.kill()
         proc.wait(10)
@@ -367,48 +377,55 @@ def test_e2e_caller_trace_reaches_the_receiver(served):
 
 
 def test_e2e_sigterm_during_generation_answers_everyone_and_exits_0(served):
-    proc, base, receiver = served["proc"], served["base"], served["receiver"]
+    """SIGTERM while one request runs and two wait: the running one finishes within the grace period, what the
+    grace period cannot finish is answered 503, telemetry is flushed, the process exits 0. Which request is
+    running, and that the long ones cannot finish in time, is decided by holds (tests/held_serve.py), and the
+    grace period ends when the test says so: nothing depends on how fast this machine computes."""
+    proc, base, receiver, control = served["proc"], served["base"], served["receiver"], served["control"]
+    hold, held = control / "hold", control / "held"
     results: dict[str, httpx.Response | Exception] = {}
 
     def call(name, body):
         try:
-            results[name] = httpx.post(base + "/predict", json=body, timeout=180)
+            results[name] = httpx.post(base + "/predict", json=body, timeout=GRACE_S + 60)
         except Exception as exc:  # a dropped request shows up here
             results[name] = exc
 
+    (hold / "short").touch()
+    (hold / "long").touch()
     short = threading.Thread(target=call, args=("short", {"prompt": "short", **FAST}))
     short.start()
-    wait_until(lambda: httpx.get(base + "/ready", timeout=5).json().get("running", 0) >= 1)
-    # two long ones with different step counts: separate batches, 399 steps queued behind the short one
+    wait_until(lambda: (held / "short").exists())  # the short one is under way, held at a step
+    # two long ones with other step counts: two more batches, queued behind the short one
     longs = [
         threading.Thread(target=call, args=(f"long{n}", {"prompt": "long", **FAST, "num_inference_steps": n}))
-        for n in (200, 199)
+        for n in (12, 11)
     ]
     for t in longs:
         t.start()
-
-    def all_three_accepted() -> bool:
-        ready = httpx.get(base + "/ready", timeout=5).json()
-        return ready.get("queue_depth", 0) + ready.get("running", 0) + ("short" in results) >= 3
-
-    wait_until(all_three_accepted)
+    wait_until(lambda: httpx.get(base + "/ready", timeout=5).json().get("queue_depth", 0) >= 2)
 
     proc.send_signal(signal.SIGTERM)
-    for t in (short, *longs):
-        t.join(GRACE_S + 60)
-    rc = proc.wait(GRACE_S + 60)
+    wait_until(lambda: (control / "draining").exists())  # the drain began with the short one still running
+    (hold / "short").unlink()
+    short.join(GRACE_S)
+    assert "short" in results, "the running request was not answered within the grace period"
+    wait_until(lambda: (held / "long").exists())  # the drain started the next batch, which cannot finish
+    (control / "expire-grace").touch()  # the grace period is over
+    for t in longs:
+        t.join(60)
+    (hold / "long").unlink()  # the worker may go on: its job was already answered
+    rc = proc.wait(60)
     log_text = served["log"].read_text()
     assert rc == 0, log_text
-    for name in ("short", "long200", "long199"):  # every accepted request got an answer
-        assert isinstance(results[name], httpx.Response), (name, results[name])
-        assert results[name].status_code in (200, 503), results[name].text
+    for name in ("short", "long12", "long11"):  # every accepted request got an answer
+        assert isinstance(results.get(name), httpx.Response), (name, results.get(name))
     # the short one finished within the grace period; what could not finish was answered 503
     short_r = results["short"]
     assert short_r.status_code == 200, short_r.text
     assert decode_b64(short_r.json()["audio_b64"])[0].shape[0] == 2
-    unfinished = [results[n] for n in ("long200", "long199") if results[n].status_code == 503]
-    assert unfinished, "400 steps cannot fit in the grace period on CPU"
-    for r in unfinished:
+    for r in (results["long12"], results["long11"]):  # one running at the end of the grace period, one queued
+        assert r.status_code == 503, r.text
         assert "shutting down" in r.json()["detail"] and r.headers.get("retry-after")
 
     # telemetry was flushed on the way out: metrics and logs are only exported by that flush here
