@@ -19,9 +19,18 @@ from stable_audio_service.models.stable_audio_3.autoencoder import (
     SameAutoencoder,
 )
 
+from . import oracle
+
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "sa3-official"
 FIXTURE_NAMES = ["medium-tiny", "small-tiny"]
-TOL = 1e-5
+# The decode and the encode, each fed the official inputs, relative to the reference's scale (tests/oracle.py says
+# what was measured: decode at most 8.4e-7 relative across kernel settings; encode 4.8e-7 / 1.39 cross-host).
+TOL = oracle.DECODE_REL
+ENCODE_REL = 2e-5
+
+
+def _within(ours: torch.Tensor, ref: torch.Tensor, rel: float = TOL) -> bool:
+    return oracle.close_rel(ours, ref, rel)[0]
 
 
 def _needs_fixtures() -> None:
@@ -102,7 +111,7 @@ def test_decode_without_noise_matches_official(name: str, case: str) -> None:
     audio = fx.finish(case, fx.ae.decode(fx.array(case, "latents"), None))
     expected = fx.array(case, "audio_no_decode_noise")
     assert audio.shape == expected.shape
-    assert (audio - expected).abs().max().item() < TOL
+    assert _within(audio, expected)
 
 
 def _stored_draws(fx: Fixture, case: str) -> list[torch.Tensor]:
@@ -118,7 +127,7 @@ def _stored_draws(fx: Fixture, case: str) -> list[torch.Tensor]:
         regenerated = torch.randn(draw["shape"], generator=gen)
         if fx.has(case, key):
             stored = fx.array(case, key)
-            assert torch.equal(stored, regenerated), f"{case}: stored {key} is not the seeded stream's draw"
+            oracle.assert_draws(regenerated, stored, f"{case}: stored {key} against the seeded stream's draw")
             out.append(stored)
         else:
             out.append(regenerated)
@@ -133,9 +142,11 @@ def test_decode_with_replayed_draws_matches_official(name: str, case: str) -> No
     audio = fx.finish(case, fx.ae.decode(latents, noises=draws))
     expected = fx.array(case, "audio")
     assert audio.shape == expected.shape
-    assert (audio - expected).abs().max().item() < TOL
-    # The noise matters (so this test could fail): without it the output moves by far more than TOL.
-    assert (fx.finish(case, fx.ae.decode(latents, None)) - expected).abs().max().item() > 100 * TOL
+    assert oracle.close_rel(audio, expected, TOL)[0], oracle.close_rel(audio, expected, TOL)[1]
+    # The noise matters (so this test could fail): without it the output moves by far more than the tolerance.
+    assert (fx.finish(case, fx.ae.decode(latents, None)) - expected).abs().max().item() > 100 * TOL * oracle.scale(
+        expected
+    )
 
 
 @pytest.mark.parametrize("name,case", ALL_CASES)
@@ -143,7 +154,7 @@ def test_decode_with_seeded_generator_matches_official(name: str, case: str) -> 
     fx = fixture(name)
     gen = fx.seeded_generator(case)
     audio = fx.finish(case, fx.ae.decode(fx.array(case, "latents"), gen))
-    assert (audio - fx.array(case, "audio")).abs().max().item() < TOL
+    assert _within(audio, fx.array(case, "audio"))
 
 
 @pytest.mark.parametrize("name", FIXTURE_NAMES)
@@ -155,7 +166,7 @@ def test_encode_matches_official(name: str, case: str, key: str) -> None:
     latents = fx.ae.encode(audio)
     expected = fx.array(case, key)
     assert latents.shape == expected.shape
-    assert (latents - expected).abs().max().item() < 1e-4
+    assert _within(latents, expected, ENCODE_REL)
 
 
 def test_long_small_case_decodes_in_the_official_windows() -> None:
