@@ -274,6 +274,31 @@ def test_burst_mixing_adapters_equals_each_solo_output(model, ref):
             assert maxdiff(latents, ref[f"{name}__latents"]) <= tol(name, "latents")
 
 
+def test_alpha_over_rank_scales_the_adapter(tmp_path, ref):
+    """The fixture adapters have alpha == rank, so they cannot show whether alpha / rank is applied. The same adapter
+    written with alpha 8 and every lora_A halved (both exact in float32) is the same adapter for Stability's formula
+    `float32(alpha / rank) * strength * B @ A`: it must give the oracle's output; without the scale it gives half the
+    update."""
+    from safetensors import safe_open
+
+    source = LORAS / "adapters" / "lora_r4.safetensors"
+    with safe_open(source, "pt") as f:
+        tensors = {k: f.get_tensor(k) / 2 if k.endswith("lora_A") else f.get_tensor(k) for k in f.keys()}
+        config = json.loads(f.metadata()["lora_config"])
+    assert config["alpha"] == config["rank"] == 4
+    folder = tmp_path / "adapters"
+    folder.mkdir()
+    save_file(
+        tensors, folder / "lora_r4_alpha8.safetensors", metadata={"lora_config": json.dumps({**config, "alpha": 8})}
+    )
+    scaled = StableAudio3Model.from_checkpoint(
+        BASE, name="small-tiny", device="cpu", dtype=torch.float32, lora_dir=folder
+    )
+    name = "lora_s1p0_t2a_4s_cfg1"
+    _, latents, _ = run(scaled, params_of(case_of(name), loras=(LoraRef("lora_r4_alpha8", 1.0),)))
+    assert maxdiff(latents, ref[f"{name}__latents"]) <= tol(name, "latents")
+
+
 def test_dora_cols_sets_are_merged_and_batched_apart(model, lora_dir):
     """dora-cols rescales a layer's inputs per request, so its sets run on merged weights in batches of their own;
     a merged set's output equals the exact chain applied as weights."""
