@@ -11,13 +11,8 @@ from diffusers import StableAudioPipeline
 
 from stable_audio_service.config import Settings
 from stable_audio_service.models.base import GenerationParams
-from stable_audio_service.models.loading import (
-    ModelLoadError,
-    estimate_memory,
-    load_model,
-    resolve_source,
-    safetensors_parameters,
-)
+from stable_audio_service.models.common import safetensors_parameters
+from stable_audio_service.models.loading import ModelLoadError, estimate_memory, load_model, resolve_source
 from stable_audio_service.models.open1 import StableAudioOpenModel
 
 

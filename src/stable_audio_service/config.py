@@ -76,7 +76,8 @@ class Settings(BaseSettings):
     lora_cache_mb: float = Field(
         512.0, gt=0, description="Memory for loaded adapters and their per-set plans (least recently used evicted)."
     )
-    # Speed levers (issue 12; Stable Audio 3 on the CPU, see models/stable_audio_3/accel.py)
+    # Speed levers for Stable Audio 3 on the CPU (applied at load, see models/stable_audio_3/accel.py): they trade
+    # start-up time or exactness for speed, so the operator chooses.
     threads: int = Field(0, ge=0, description="Intra-op torch threads; 0: one per CPU core this process may use.")
     quantize: Literal["none", "int8", "int8-dit"] = Field(
         "none",

@@ -10,17 +10,67 @@ import base64
 import binascii
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from . import audio as audio_io
+from .limits import MAX_LORA_STRENGTH, MAX_LORAS_PER_REQUEST, MAX_SEED
 from .models.base import AudioModel, Bound, GenerationParams, LoraRef
 
 if TYPE_CHECKING:
-    from .api.schemas import StableAudioRequest
+    import numpy as np
+
     from .config import Settings
 
 # Strength of audio-to-audio when the request names none (noise level mixed into the source's latents).
 DEFAULT_INIT_NOISE_LEVEL = 0.6
+
+
+class _Region(Protocol):
+    @property
+    def start_s(self) -> float: ...
+    @property
+    def end_s(self) -> float: ...
+
+
+class _Lora(Protocol):
+    @property
+    def name(self) -> str: ...
+    @property
+    def strength(self) -> float: ...
+
+
+class RequestLike(Protocol):
+    """The fields the request path reads. The HTTP contract's model (api/schemas.py) has them, and so may any
+    other ingress's request: this layer sits below every ingress and imports none of them."""
+
+    @property
+    def prompt(self) -> str: ...
+    @property
+    def negative_prompt(self) -> str | None: ...
+    @property
+    def duration(self) -> float | None: ...
+    @property
+    def guidance_scale(self) -> float | None: ...
+    @property
+    def num_inference_steps(self) -> int | None: ...
+    @property
+    def seed(self) -> int | None: ...
+    @property
+    def apg_scale(self) -> float | None: ...
+    @property
+    def init_audio_b64(self) -> str | None: ...
+    @property
+    def init_noise_level(self) -> float | None: ...
+    @property
+    def inpaint_audio_b64(self) -> str | None: ...
+    @property
+    def inpaint_regions(self) -> Sequence[_Region] | None: ...
+    @property
+    def loras(self) -> Sequence[_Lora] | None: ...
+    @property
+    def format(self) -> str: ...
+    @property
+    def client_job_id(self) -> str | None: ...
 
 
 class RequestError(ValueError):
@@ -60,7 +110,7 @@ def client_job_id(body_value: str | None, query_value: str | None) -> str | None
     return query_value if query_value is not None else body_value
 
 
-def check_request(req: StableAudioRequest, model: AudioModel, settings: Settings) -> dict[str, Any]:
+def check_request(req: RequestLike, model: AudioModel, settings: Settings) -> dict[str, Any]:
     """Cheap checks and defaults (no decoding): the scalar fields of `GenerationParams`."""
     for name in ("prompt", "negative_prompt"):
         text = getattr(req, name)
@@ -120,9 +170,10 @@ def check_request(req: StableAudioRequest, model: AudioModel, settings: Settings
     }
 
 
-def check_loras(req: StableAudioRequest, model: AudioModel) -> tuple[LoraRef, ...]:
-    """LoRA (issue 16): each named adapter must be in the model's adapter directory and fit the model (checked
-    when the directory was scanned, so this is a look-up); strength bounds are the schema's."""
+def check_loras(req: RequestLike, model: AudioModel) -> tuple[LoraRef, ...]:
+    """Each named adapter must be in the model's adapter directory and fit the model, so a bad name is a 422
+    here rather than a failure mid-batch (fit was checked when the directory was scanned, so this is a look-up);
+    strength bounds are the schema's."""
     loras = tuple(LoraRef(x.name, float(x.strength)) for x in (req.loras or []))
     if not loras:
         return ()
@@ -139,12 +190,12 @@ def check_loras(req: StableAudioRequest, model: AudioModel) -> tuple[LoraRef, ..
     return loras
 
 
-def has_uploads(req: StableAudioRequest) -> bool:
+def has_uploads(req: RequestLike) -> bool:
     """Uploads take a while to decode: callers on an event loop run `resolve` in a thread then."""
     return req.init_audio_b64 is not None or req.inpaint_audio_b64 is not None
 
 
-def decode_upload(field: str, value: str, model: AudioModel, duration: float, settings: Settings):
+def decode_upload(field: str, value: str, model: AudioModel, duration: float, settings: Settings) -> np.ndarray:
     """Base64 -> float32 (channels, samples) at the model's rate, decoding only what the clip can use."""
     try:
         data = base64.b64decode(value, validate=True)
@@ -167,7 +218,7 @@ def decode_upload(field: str, value: str, model: AudioModel, duration: float, se
 
 
 def resolve(
-    req: StableAudioRequest, model: AudioModel, settings: Settings, query_client_job_id: str | None = None
+    req: RequestLike, model: AudioModel, settings: Settings, query_client_job_id: str | None = None
 ) -> Resolved:
     """The whole request path: defaults, limits, capabilities, uploads. Raises `RequestError`."""
     job_id = client_job_id(req.client_job_id, query_client_job_id)
@@ -197,15 +248,13 @@ def request_fields(model: AudioModel, settings: Settings) -> dict[str, Any]:
         "apg_scale": caps.apg_scale.as_dict(float) if caps.apg_scale else None,
         "init_noise_level": caps.init_noise_level.as_dict(float) if caps.init_noise_level else None,
         "loras": _lora_fields() if caps.loras else None,
-        "seed": {"default": None, "minimum": 0, "maximum": 2**32 - 1},
+        "seed": {"default": None, "minimum": 0, "maximum": MAX_SEED},
         "format": {"default": "wav", "choices": list(audio_io.FORMATS)},
         "prompt": {"max_length": settings.max_prompt_chars},
     }
 
 
 def _lora_fields() -> dict[str, Any]:
-    from .api.schemas import MAX_LORA_STRENGTH, MAX_LORAS_PER_REQUEST
-
     bound = Bound(1.0, -MAX_LORA_STRENGTH, MAX_LORA_STRENGTH)
     return {"max_items": MAX_LORAS_PER_REQUEST, "strength": bound.as_dict(float), "names": "GET /loras"}
 

@@ -226,7 +226,7 @@ def models(request: Request, engine: EngineDep) -> Any:
     return {
         "name": m.name,
         "family": m.family,
-        "family_title": family.title if (family := registry.FAMILIES.get(m.family)) else None,
+        "family_title": family.title if (family := registry.family_named(m.family)) else None,
         "device": m.device,
         "dtype": m.dtype,
         "sample_rate": m.sample_rate,

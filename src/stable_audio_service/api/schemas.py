@@ -7,10 +7,11 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from ..limits import MAX_LORA_STRENGTH, MAX_LORAS_PER_REQUEST, MAX_SEED
+
 CLIENT_JOB_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,256}$"
 CLIENT_JOB_ID_RE = re.compile(CLIENT_JOB_ID_PATTERN)
 MAX_PROMPT_CHARS = 2000
-MAX_SEED = 2**32 - 1
 AudioFormat = Literal["wav", "flac", "ogg", "mp3"]
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
@@ -27,10 +28,6 @@ def _clean_text(value: str | None, field: str) -> str | None:
 # service layer) and written into the served OpenAPI schema (api/openapi.py).
 MAX_DURATION_ANY_MODEL = 400.0
 MAX_INPAINT_REGIONS = 16
-# LoRA: Stability's code takes any float strength (its Gradio slider spans 0-10); negative strengths subtract the
-# adapter's direction. Each adapter adds low-rank work to every targeted layer, hence a small per-request maximum.
-MAX_LORAS_PER_REQUEST = 4
-MAX_LORA_STRENGTH = 10.0
 LORA_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 
 

@@ -18,14 +18,8 @@ from typing import Any, Generic, TypeVar
 import numpy as np
 import torch
 
-
-class GenerationError(RuntimeError):
-    """A generation failed for a reason that is not the client's fault."""
-
-
-class InvalidRequest(ValueError):
-    """Found only when the model starts a request (e.g. an adapter that vanished, or that a Ray ingress
-    could not check): the client's mistake, answered 422 with the reason, never a 500."""
+# Defined at the bottom of the package (common.py); kept importable from here, where the engine looks for them.
+from .common import GenerationError, InvalidRequest  # noqa: F401
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Find the weights, pick device and dtype, check memory, then load through the family's class.
+"""Find the weights, pick device and dtype, check memory, then load through the family that recognises the files.
 
 Every failure here raises `ModelLoadError` with a message meant for a person: where we
 looked, what was missing, what to do.
@@ -6,32 +6,28 @@ looked, what was missing, what to do.
 
 from __future__ import annotations
 
-import json
 import logging
-import math
-import struct
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from ..config import DEFAULT_HUB_MODEL, DEFAULT_LOCAL_MODEL, Settings
+from . import registry
+from .base import AudioModel
+from .common import GIB, MIB, ModelLoadError  # the loader's error: callers import it from here
+from .family import Family, LoadRequest
 
 log = logging.getLogger("stable_audio_service")
 # diffusers/accelerate build models under a process-wide "empty weights" context: two loads at once in
 # one process corrupt each other ("Cannot copy out of meta tensor"), so loads take turns.
 _LOAD_LOCK = threading.Lock()
 
-DTYPE_BYTES = {torch.float32: 4, torch.float16: 2, torch.bfloat16: 2}
-GIB = 1024**3
-
-
-class ModelLoadError(RuntimeError):
-    """The model cannot be loaded; the message says why and what to do."""
-
 
 def pick_device(requested: str = "auto") -> str:
+    """`auto`: the first accelerator torch sees (CUDA or ROCm, then Apple's MPS), else the CPU."""
     if requested != "auto":
         return requested
     if torch.cuda.is_available():  # ROCm builds answer here too
@@ -42,29 +38,11 @@ def pick_device(requested: str = "auto") -> str:
 
 
 def pick_dtype(device: str, requested: str = "auto") -> torch.dtype:
+    """`auto`: half precision on an accelerator (half the memory, and fast there), float32 on the CPU (where
+    half precision is slow or unsupported)."""
     if requested != "auto":
         return getattr(torch, requested)
     return torch.float16 if device in ("cuda", "mps") else torch.float32
-
-
-def dtype_bytes(dtype: torch.dtype) -> int:
-    return DTYPE_BYTES.get(dtype, 4)
-
-
-def safetensors_parameters(files) -> int:
-    """Parameters from safetensors headers alone: no weights are read."""
-    total = 0
-    for file in files:
-        file = Path(file)
-        if not file.is_file():
-            continue
-        with open(file, "rb") as fh:
-            (length,) = struct.unpack("<Q", fh.read(8))
-            header = json.loads(fh.read(length))
-        for key, info in header.items():
-            if key != "__metadata__":
-                total += math.prod(info["shape"])
-    return total
 
 
 def _how_to_get(source: str) -> str:
@@ -76,14 +54,18 @@ def _how_to_get(source: str) -> str:
     )
 
 
+def _family_of(path: Path) -> Family:
+    family = registry.detect_family(path) if path.is_dir() else None
+    if family is None:
+        raise ModelLoadError(f"{path} holds no model this service knows. Expected {registry.layouts()}.")
+    return family
+
+
 def resolve_source(source: str) -> Path:
     """A local directory as is; a hub id through the HF cache, downloading only if it is missing."""
-    from . import registry
-
     path = Path(source).expanduser()
     if path.exists():
-        if not path.is_dir() or registry.detect_family(path) is None:
-            raise ModelLoadError(f"{path} holds no model this service knows. Expected {registry.layouts()}.")
+        _family_of(path)
         return path
     if source.startswith(("/", ".", "~")) or source.count("/") != 1:
         raise ModelLoadError(f"model directory {source} does not exist (and it is not a hub repo id like owner/name).")
@@ -106,17 +88,14 @@ def resolve_source(source: str) -> Path:
 
 
 def read_family(path: Path) -> str:
-    """The family name of the model in `path` (`open-1.0` or `sa3`)."""
-    from . import registry
-
-    family = registry.detect_family(path)
-    if family is None:
-        raise ModelLoadError(f"{path} holds no model this service knows. Expected {registry.layouts()}.")
-    return family.name
+    """The family name of the model in `path` (`open-1.0`, `sa3`, ...): the CLI checks a model before serving."""
+    return _family_of(path).name
 
 
 @dataclass
 class MemoryEstimate:
+    """What the memory check found, in bytes; logged at start-up and shown when it refuses."""
+
     needed: int
     available: int
     weights: int
@@ -154,14 +133,9 @@ def estimate_memory(
     batch (`batch` requests) of the longest allowed clip and the adapter cache's bound, against what the
     device has free. A request's own share is the family's working memory at that clip less its fixed part
     (the working memory of an empty clip: allocator slack and the like), counted once."""
-    from . import registry
-
-    family = registry.detect_family(path)
-    if family is None:
-        raise ModelLoadError(f"{path} holds no model this service knows. Expected {registry.layouts()}.")
-    weights = family.weights_bytes(path, dtype)
-    one = family.working_bytes(path, dtype, max_seconds)
-    fixed = min(one, family.working_bytes(path, dtype, 0.0))
+    family = _family_of(path)
+    weights, one = family.footprint(path, dtype, max_seconds)
+    fixed = min(one, family.footprint(path, dtype, 0.0).working)
     working = one + (max(1, batch) - 1) * (one - fixed)
     available, where = available_memory(device)
     needed = weights + working + adapters_bytes
@@ -170,6 +144,8 @@ def estimate_memory(
 
 @dataclass
 class LoadedInfo:
+    """Where the loaded model came from and what loading it took, for /health, /models and the logs."""
+
     source: str
     path: Path
     family: str
@@ -177,17 +153,13 @@ class LoadedInfo:
     seconds: float
 
 
-def load_model(settings: Settings):
-    """Resolve, check and load; returns (model, LoadedInfo)."""
-    import time
-
-    from . import registry
-
+def load_model(settings: Settings) -> tuple[AudioModel, LoadedInfo]:
+    """Resolve, check and load, through the family that recognises the files; every failure is a
+    `ModelLoadError` whose message an operator can act on."""
     started = time.perf_counter()
     source = settings.resolved_model()
     path = resolve_source(source)
-    family = registry.detect_family(path)
-    assert family is not None  # resolve_source checked it
+    family = _family_of(path)
     device = pick_device(settings.device)
     dtype = pick_dtype(device, settings.dtype)
     name = source if source != str(DEFAULT_LOCAL_MODEL) else DEFAULT_HUB_MODEL
@@ -199,7 +171,7 @@ def load_model(settings: Settings):
             dtype,
             family.longest_clip(path, settings),
             batch=settings.max_batch_size,
-            adapters_bytes=int(settings.lora_cache_mb * 2**20) if settings.lora_dir else 0,
+            adapters_bytes=int(settings.lora_cache_mb * MIB) if settings.lora_dir else 0,
         )
         parts = f"weights {memory.weights / GIB:.2f} + working {memory.working / GIB:.2f}"
         parts += f" for a batch of {settings.max_batch_size}"
@@ -222,9 +194,7 @@ def load_model(settings: Settings):
             )
     try:
         with _LOAD_LOCK:
-            model = family.load(
-                registry.LoadRequest(path=path, name=name, device=device, dtype=dtype, settings=settings)
-            )
+            model = family.load(LoadRequest(path=path, name=name, device=device, dtype=dtype, settings=settings))
     except ModelLoadError:
         raise
     except Exception as exc:

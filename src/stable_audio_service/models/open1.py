@@ -1,4 +1,4 @@
-"""Stable Audio Open 1.0 (`diffusers.StableAudioPipeline`) as a step-wise, batchable model.
+"""Stable Audio Open 1.0 (`diffusers.StableAudioPipeline`) as a step-wise, batchable model, and its `FAMILY`.
 
 The maths follows `StableAudioPipeline.__call__` line for line (prompt encoding,
 duration conditioning, classifier-free guidance, the scheduler step); what differs is
@@ -9,10 +9,12 @@ without changing each other's audio.
 
 from __future__ import annotations
 
+import json
 import math
 import warnings
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -29,6 +31,11 @@ from .base import (
     check_batch,
     to_audio,
 )
+from .common import dtype_bytes, safetensors_parameters
+from .family import Family, Footprint, LoadRequest
+
+if TYPE_CHECKING:
+    from ..config import Settings
 
 # The Oobleck decoder is convolutional: output sample n depends on latents within a
 # few frames of n // hop. Decoding the kept latents plus this margin reproduces the
@@ -274,3 +281,59 @@ class StableAudioOpenModel(AudioModel[Open1State]):
         audio = self.pipe.vae.decode(latents[:, :, :keep]).sample[0, :, :end]
         state.latents = state.cond = state.uncond = None
         return to_audio(audio)
+
+
+# -- the family descriptor ------------------------------------------------------------------------
+
+
+def _index_class(path: Path) -> str | None:
+    try:
+        index = json.loads((path / "model_index.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return index.get("_class_name") if isinstance(index, dict) else None
+
+
+def detect(path: Path) -> bool:
+    """A diffusers-layout directory whose pipeline is `StableAudioPipeline`."""
+    return _index_class(path) == "StableAudioPipeline"
+
+
+def longest_clip(path: Path, settings: Settings) -> float:
+    """The 30 s contract, whatever the operator's cap: the checkpoint itself allows 47 s."""
+    return OPEN1_LIMITS.duration.maximum
+
+
+def footprint(path: Path, dtype: torch.dtype, seconds: float) -> Footprint:
+    """Weights from the safetensors headers of every component. Working memory is dominated by the Oobleck
+    decoder's last stage (samples x decoder channels, a few live tensors); the factor 6 matches the measured
+    fp32 peak of the real model (11.6 GiB RSS, 4.9 GiB weights)."""
+    weights = safetensors_parameters(path.glob("*/*.safetensors")) * dtype_bytes(dtype)
+    vae = json.loads((path / "vae" / "config.json").read_text())
+    hop = math.prod(vae.get("downsampling_ratios", [2, 4, 4, 8, 8]))
+    samples = (math.ceil(seconds * vae.get("sampling_rate", 44100) / hop) + DECODE_MARGIN_LATENTS) * hop
+    return Footprint(weights, 6 * samples * vae.get("decoder_channels", 128) * dtype_bytes(dtype))
+
+
+def load(req: LoadRequest) -> StableAudioOpenModel:
+    """Through diffusers' own `from_pretrained`, with the operator's window mode and text cache."""
+    return StableAudioOpenModel.from_pretrained(
+        str(req.path),
+        name=req.name,
+        device=req.device,
+        dtype=req.dtype,
+        window=req.settings.window,
+        text_cache_size=req.settings.text_cache_size,
+    )
+
+
+FAMILY = Family(
+    name="open-1.0",
+    title="Stable Audio Open 1.0",
+    layout="a diffusers-layout directory (model_index.json naming StableAudioPipeline, plus transformer/, "
+    "vae/, text_encoder/, tokenizer/, projection_model/, scheduler/)",
+    detect=detect,
+    longest_clip=longest_clip,
+    footprint=footprint,
+    load=load,
+)

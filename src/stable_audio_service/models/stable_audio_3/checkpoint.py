@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from ..loading import ModelLoadError
+from ..common import ModelLoadError
 from .config import ConfigError, SA3Config, parse_config
 
 CONFIG_FILE = "model_config.json"

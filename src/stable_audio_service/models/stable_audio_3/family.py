@@ -31,7 +31,7 @@ import math
 from collections.abc import Hashable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -48,22 +48,30 @@ from ..base import (
     check_batch,
     to_audio,
 )
-from ..loading import ModelLoadError
+from ..common import DTYPE_BYTES, GIB, ModelLoadError
+from ..family import Family, Footprint, LoadRequest
 from . import accel, lora, sampling
-from .checkpoint import CheckpointFiles, count_parameters, load_tensors, resolve_checkpoint
+from .checkpoint import (
+    CheckpointFiles,
+    count_parameters,
+    is_official_checkpoint,
+    load_tensors,
+    resolve_checkpoint,
+)
 from .conditioning import DurationConditioner, TextConditioner
 from .config import DEFAULT_DURATION_PADDING_S, SA3Config
 from .dit import DiffusionTransformer
+
+if TYPE_CHECKING:
+    from ...config import Settings
 
 MIN_DURATION_S = 0.1
 DEFAULT_DURATION_S = 10.0
 MAX_STEPS = 200
 MAX_GUIDANCE = 20.0
-GIB = 1024**3
 # Speed (issue 12): a request keeps its per-layer local-conditioning embeddings when they take at most this much
 # (small: 14 MiB for a 10 s clip, up to ~60 s); longer clips recompute them at every step instead.
 LOCAL_EMBED_CACHE_BYTES = 64 * 1024**2
-DTYPE_BYTES = {torch.float32: 4, torch.float16: 2, torch.bfloat16: 2}
 
 
 def is_base_checkpoint(name: str) -> bool:
@@ -559,3 +567,44 @@ def _load_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], files:
                 parts.append(f"{what}: {', '.join(prefix + k for k in keys[:6])}{' ...' if len(keys) > 6 else ''}")
         raise ModelLoadError(f"{files.weights_path} does not match {files.config_path.name}: {'; '.join(parts)}")
     module.load_state_dict(state, strict=True)
+
+
+# -- the family descriptor ------------------------------------------------------------------------
+
+
+def _longest_served(path: Path, settings: Settings) -> float:
+    """The checkpoint's longest clip, or the operator's `max_duration` when lower."""
+    longest = longest_clip(path)
+    return longest if settings.max_duration is None else min(longest, settings.max_duration)
+
+
+def _footprint(path: Path, dtype: torch.dtype, seconds: float) -> Footprint:
+    return Footprint(*memory_estimate(path, dtype, seconds))
+
+
+def load(req: LoadRequest) -> StableAudio3Model:
+    """The service's load path: the checkpoint with the operator's adapters, then the speed settings (threads,
+    quantisation, compile), which change the loaded modules and so are part of loading."""
+    model = StableAudio3Model.from_checkpoint(
+        req.path,
+        name=req.name,
+        device=req.device,
+        dtype=req.dtype,
+        text_cache_size=req.settings.text_cache_size,
+        max_duration=req.settings.max_duration,
+        lora_dir=req.settings.lora_dir,
+        lora_cache_mb=req.settings.lora_cache_mb,
+    )
+    accel.from_settings(model, req.settings)
+    return model
+
+
+FAMILY = Family(
+    name="sa3",
+    title="Stable Audio 3",
+    layout="Stability's official format (model_config.json, model.safetensors and the T5Gemma folder the config names)",
+    detect=is_official_checkpoint,
+    longest_clip=_longest_served,
+    footprint=_footprint,
+    load=load,
+)

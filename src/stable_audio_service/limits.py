@@ -1,0 +1,14 @@
+"""Outer limits of request fields that are the same for every model, shared by the request path (service.py)
+and the HTTP contract (api/schemas.py).
+
+They live below both, so the request path does not import the HTTP layer above it (and any other ingress can
+share the same bounds).
+"""
+
+from __future__ import annotations
+
+MAX_SEED = 2**32 - 1
+# LoRA: Stability's code takes any float strength (its Gradio slider spans 0-10); negative strengths subtract the
+# adapter's direction. Each adapter adds low-rank work to every targeted layer, hence a small per-request maximum.
+MAX_LORAS_PER_REQUEST = 4
+MAX_LORA_STRENGTH = 10.0
