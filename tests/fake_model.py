@@ -1,7 +1,7 @@
 """A tiny stand-in for a model family, for deterministic engine tests.
 
-It implements exactly what the engine calls (`batch_key`, `start`, `step`, `finish`,
-`sample_rate`, `channels`) and nothing else. Each phase can be gated: the worker then stops at
+It implements what the engine calls (`batch_key`, `start`, `step`, `finish`, `sample_rate`,
+`channels`) and takes `AudioModel`'s defaults for the optional hooks. Each phase can be gated: the worker then stops at
 the gate until the test hands out permits, so a test decides what happens between two steps
 (cancel, submit batch mates, shut down) without sleeping or racing the clock. `StepHold` does the same
 for a real model: a request that must still be running at some moment is held there, however fast the
@@ -15,7 +15,14 @@ import time
 
 import numpy as np
 
-from stable_audio_service.models.base import Bound, GenerationParams, GenerationState, ModelLimits
+from stable_audio_service.models.base import (
+    AudioModel,
+    Bound,
+    Capabilities,
+    GenerationParams,
+    GenerationState,
+    ModelLimits,
+)
 
 # Only a safety net against a test that forgets to open a gate: never part of an assertion.
 GATE_TIMEOUT_S = 30.0
@@ -53,7 +60,7 @@ class Gate:
         self.allow(10_000)
 
 
-class FakeModel:
+class FakeModel(AudioModel[GenerationState]):
     """Produces `duration` seconds of a constant per seed (so a result says whose it is)."""
 
     name = "fake"
@@ -61,6 +68,7 @@ class FakeModel:
     device = "cpu"
     dtype = "float32"
     limits = ModelLimits(Bound(1.0, 0.1, 600.0), Bound(7.0, 1.0, 20.0), Bound(4, 1, 1000))
+    capabilities = Capabilities()
 
     def __init__(self, sample_rate: int = 8000, channels: int = 2) -> None:
         self.sample_rate = sample_rate
@@ -74,6 +82,9 @@ class FakeModel:
         self.seen_uploads: list[tuple[object, object]] = []  # (init_audio, inpaint_audio) seen by finish
         self.batch_key_error: BaseException | None = None
         self.finish_error: BaseException | None = None
+
+    def upload_samples(self, duration: float) -> int:
+        return int(duration * self.sample_rate)
 
     def batch_key(self, params: GenerationParams) -> tuple:
         if self.batch_key_error is not None:

@@ -338,7 +338,7 @@ def test_decoded_clips_waiting_for_the_encoder_are_bounded(make_engine, monkeypa
     real_finish = model.finish
 
     def finish(state):
-        waiting_at_finish.append(len(engine._encoding))
+        waiting_at_finish.append(len(engine.encoder.jobs))
         out = real_finish(state)
         if state.params.seed == 2:
             second_decoded.set()

@@ -112,7 +112,7 @@ def test_a_worker_thread_that_ends_any_other_way_is_noticed(rig):
     running = engine.submit(params(seed=1, steps=2))
     model.step_gate.wait_arrival()
     queued = engine.submit(params(seed=2, duration=2.0))
-    engine._take_batch = lambda: None  # the loop returns as if told to stop, without a shutdown
+    engine._worker.take_batch = lambda: None  # the loop returns as if told to stop, without a shutdown
     model.step_gate.open()
     watch.wait(running)
     engine._thread.join(GATE_TIMEOUT_S)
@@ -195,7 +195,8 @@ def test_queued_past_the_deadline_is_answered_503(rig):
     running = engine.submit(params(seed=1, steps=2))
     model.step_gate.wait_arrival()
     late = engine.submit(params(seed=2, duration=2.0))
-    while time.monotonic() <= late.deadline:  # let its deadline pass while the worker is held
+    deadline = engine.scheduler.deadline(late)
+    while time.monotonic() <= deadline:  # let its deadline pass while the worker is held
         time.sleep(0.01)
     model.step_gate.open()
     watch.wait(running, late)

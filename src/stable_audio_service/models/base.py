@@ -200,3 +200,7 @@ class AudioModel(ABC, Generic[S]):
     def describe(self) -> dict[str, Any]:
         """Family-specific facts for `GET /models` (window mode, structure, ...)."""
         return {}
+
+    def release(self, state: S) -> None:
+        """Optional hook: free a state's buffers early (the engine calls it once a request has left its batch,
+        finished, failed or cancelled). The default keeps nothing beyond the state, so there is nothing to do."""

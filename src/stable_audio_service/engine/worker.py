@@ -1,0 +1,276 @@
+"""The worker loop: the one thread that calls the model, one denoising step at a time.
+
+It asks the `Scheduler` for the next batch (waiting, under the engine's lock, as long as the scheduler says
+more batch mates may come), then runs the batch step by step: between steps it drops cancelled requests,
+publishes progress and expires requests that waited too long. Batching is continuous: a request that finished
+its steps is decoded and leaves at once (its clip goes to the `ClipEncoder`), and when the model declares
+`mixed_steps` the scheduler's joiners take the free rows at the next step boundary.
+
+The loop cannot fail silently: an error a batch raises fails that batch and the loop goes on; anything else
+(a `BaseException`, or an error outside a batch) ends the loop and is reported through `on_death`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Hashable
+
+from ..models.base import AudioModel, GenerationParams, GenerationState
+from .encoder import ClipEncoder
+from .events import EventHub
+from .jobs import Job, JobStatus
+from .outcomes import SHUTTING_DOWN, Outcomes
+from .scheduler import Scheduler
+
+log = logging.getLogger("stable_audio_service.engine")
+
+# A request in the running batch: (job, its state, time.time_ns() when its denoising began).
+Active = tuple[Job, GenerationState, int]
+
+
+class Worker:
+    def __init__(
+        self,
+        model: AudioModel,
+        scheduler: Scheduler,
+        encoder: ClipEncoder,
+        outcomes: Outcomes,
+        hub: EventHub,
+        cond: threading.Condition,
+        *,
+        clock: Callable[[], float],
+        observe: Callable[..., None],
+        on_death: Callable[[str], None],
+    ) -> None:
+        """`cond`: the engine's lock, guarding the scheduler, `running` and the flags. `clock`: the monotonic
+        clock the scheduler's deadlines and batch windows are in. `on_death(reason)`: the loop ended by an error
+        it could not absorb (called on the worker thread)."""
+        self.model = model
+        self.scheduler = scheduler
+        self.encoder = encoder
+        self.outcomes = outcomes
+        self.hub = hub
+        self._cond = cond
+        self._clock = clock
+        self._observe = observe
+        self._on_death = on_death
+        self.running: list[Job] = []  # started and not yet decoded
+        self.stopping = False  # take no new batch once the queue is empty (shutdown)
+        self.hurry = False  # stop waiting for batch mates (the engine no longer accepts work)
+        self.stats = {
+            "forward_passes": 0,
+            "batches": 0,
+            "requests": 0,
+            "max_batch_seen": 0,
+            "joined": 0,  # requests that joined a batch already running (continuous batching)
+        }
+
+    # -- the loop --------------------------------------------------------------------
+    def run(self) -> None:
+        """The thread's body, guarded as a whole: a batch's errors fail that batch; anything else is fatal."""
+        try:
+            while True:
+                taken = self.take_batch()
+                if taken is None:
+                    return
+                batch, key = taken
+                if batch:
+                    try:
+                        self.run_batch(batch, key)
+                    except Exception:  # the worker must survive anything a batch can raise
+                        log.exception("batch failed unexpectedly")
+                        with self._cond:
+                            victims = [  # joiners too, not the ones already handed to the encoder
+                                j for j in batch + self.running if j not in self.encoder.jobs
+                            ]
+                        for job in victims:
+                            self.outcomes.fail(job, "internal error in the generation worker", 500)
+                    finally:
+                        with self._cond:
+                            self.running = []
+                            self._cond.notify_all()
+        except BaseException as exc:
+            log.critical("the generation worker died", exc_info=exc)
+            self._on_death(f"the generation worker died ({type(exc).__name__}: {_first_line(exc)})")
+
+    def take_batch(self) -> tuple[list[Job], Hashable] | None:
+        """Wait for work and take the next batch (possibly empty: ask again); None once stopping with nothing
+        queued."""
+        sched = self.scheduler
+        with self._cond:
+            while not len(sched) and not self.stopping:
+                self._cond.wait(timeout=0.5)
+            if self.stopping and not len(sched):
+                return None
+            expired = sched.expire(self._clock())
+            broken = sched.assign_keys(self._key_of)
+        self._fail_expired(expired)
+        self._fail_broken(broken)
+        if broken:
+            return [], None
+        with self._cond:
+            while True:
+                broken = sched.assign_keys(self._key_of)
+                plan = sched.next_batch(self._clock(), hurry=bool(broken) or self.hurry)
+                if plan.ready:
+                    break
+                self._cond.wait(timeout=plan.wait_s)
+            batch = plan.jobs
+            self._mark_running(batch, len(batch))
+            for job in batch:
+                job.batch_size = len(batch)
+            self.running = list(batch)
+            waiting = sched.queued()
+        self._fail_broken(broken)
+        self.hub.publish_positions(waiting)
+        return batch, plan.key
+
+    def run_batch(self, batch: list[Job], key: Hashable) -> None:
+        """Run `batch` one step at a time until every request in it has ended (continuous batching)."""
+        model = self.model
+        self.stats["batches"] += 1
+        self._observe("batch", batch[0], size=len(batch))
+        active: list[Active] = []
+        self._start_jobs(batch, active)
+        while active:
+            keep = []
+            for job, state, t0 in active:
+                if job.cancel_requested:
+                    self.outcomes.cancelled(job)
+                    self._release_state(state)
+                else:
+                    keep.append((job, state, t0))
+            active = keep
+            stepping = [entry for entry in active if not entry[1].finished]
+            if stepping:
+                try:
+                    model.step([s for _, s, _ in stepping])
+                    self.stats["forward_passes"] += 1
+                except Exception as exc:
+                    for job, state, _ in active:
+                        self.outcomes.fail_for(job, exc)
+                        self._release_state(state)
+                    active = []
+                    break
+                for job, state, _ in stepping:
+                    job.step = state.step
+                    self.hub.publish(job, {"type": "step", "step": state.step, "total": state.total_steps})
+                self._sweep_expired()
+            done = [entry for entry in active if entry[1].finished]
+            active = [entry for entry in active if not entry[1].finished]
+            self._finish_jobs(done)
+            if active and model.mixed_steps:
+                joining = self._take_joiners(key, self.scheduler.max_batch_size - len(active))
+                if joining:
+                    self._start_jobs(joining, active)
+                    size = len(active)
+                    for job, _, _ in active:
+                        job.batch_size = max(job.batch_size, size)
+                    self.stats["max_batch_seen"] = max(self.stats["max_batch_seen"], size)
+                    self.stats["joined"] += len(joining)
+
+    # -- joining and leaving ---------------------------------------------------------
+    def _take_joiners(self, key: Hashable, room: int) -> list[Job]:
+        """Queued jobs that may join the running batch now (the scheduler decides which)."""
+        if room <= 0:
+            return []
+        sched = self.scheduler
+        with self._cond:
+            if not len(sched) or self.stopping:
+                return []
+            expired = sched.expire(self._clock())
+            broken = sched.assign_keys(self._key_of)
+            joining = sched.joiners(key, room)
+            self._mark_running(joining, len(self.running) + len(joining))
+            self.running.extend(joining)
+            waiting = sched.queued() if joining else []
+        self._fail_expired(expired)
+        self._fail_broken(broken)
+        self.hub.publish_positions(waiting)
+        return joining
+
+    def _start_jobs(self, jobs: list[Job], active: list[Active]) -> None:
+        """`model.start` each job (text and audio encoding, initial noise) and add it to `active`."""
+        self.stats["requests"] += len(jobs)
+        self.stats["max_batch_seen"] = max(self.stats["max_batch_seen"], len(jobs) + len(active))
+        for job in jobs:
+            if job.cancel_requested:
+                self.outcomes.cancelled(job)
+                continue
+            try:
+                t0 = time.time_ns()
+                state = self.model.start(job.params)
+                t1 = time.time_ns()
+                job.phase("encode", t0, t1)
+                job.total_steps = state.total_steps
+                job.params.drop_uploads()  # encoded: a family keeps in its state whatever part it still needs
+                active.append((job, state, t1))
+            except Exception as exc:
+                self.outcomes.fail_for(job, exc)
+
+    def _finish_jobs(self, done: list[Active]) -> None:
+        """Decode the requests that finished their steps and hand them to the encoder; each leaves the batch."""
+        t_denoised = time.time_ns()
+        for job, state, t_denoise in done:
+            job.phase("denoise", t_denoise, t_denoised, steps=state.total_steps, batch_size=job.batch_size)
+            samples = None
+            try:
+                if job.cancel_requested:  # cancelled while a batch mate was decoding
+                    self.outcomes.cancelled(job)
+                    continue
+                t0 = time.time_ns()
+                samples = self.model.finish(state)
+                t1 = time.time_ns()
+                job.phase("decode", t0, t1)
+                if job.cancel_requested:  # cancelled during its own decode: no result is kept
+                    self.outcomes.cancelled(job)
+                    samples = None
+            except Exception as exc:
+                self.outcomes.fail_for(job, exc)
+                samples = None
+            finally:
+                self._release_state(state)
+                with self._cond:
+                    if job in self.running:
+                        self.running.remove(job)
+                    if samples is not None:
+                        self.encoder.claim(job)
+            if samples is not None and not self.encoder.encode(job, samples, self.model.sample_rate, t1):
+                self.outcomes.fail(job, SHUTTING_DOWN, 503)
+
+    # -- helpers ---------------------------------------------------------------------
+    def _mark_running(self, jobs: list[Job], batch_size: int) -> None:
+        now_ns = time.time_ns()
+        for job in jobs:
+            job.status = JobStatus.running
+            job.started = now_ns / 1e9
+            job.phase("queue", int(job.created * 1e9), now_ns, batch_size=batch_size)
+
+    def _key_of(self, params: GenerationParams) -> Hashable:
+        return tuple(self.model.batch_key(params))
+
+    def _release_state(self, state: GenerationState) -> None:
+        try:
+            self.model.release(state)
+        except Exception:
+            log.exception("model.release failed")
+
+    def _sweep_expired(self) -> None:
+        with self._cond:
+            expired = self.scheduler.expire(self._clock())
+        self._fail_expired(expired)
+
+    def _fail_expired(self, expired: list[Job]) -> None:
+        for job in expired:
+            self.outcomes.fail(job, f"waited in the queue longer than {self.scheduler.queue_timeout_s:g}s", 503)
+
+    def _fail_broken(self, broken: list[tuple[Job, Exception]]) -> None:
+        for job, exc in broken:
+            self.outcomes.fail_for(job, exc)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else "no message"
