@@ -100,6 +100,8 @@ class Settings(BaseSettings):
     )
 
     def resolved_model(self) -> str:
+        """What to load when `model` is unset: the studio's copy if it is there, so a studio box never downloads,
+        else the hub's Stable Audio Open 1.0."""
         if self.model:
             return self.model
         if any((DEFAULT_LOCAL_MODEL / f).is_file() for f in ("model_index.json", "model_config.json")):

@@ -1,1 +1,2 @@
-"""Model families (one module each), loading, and the offline tiny-model builder."""
+"""Model families (one module each, exporting one `Family` descriptor), the registry that lists them, loading,
+and the offline tiny-model builder."""

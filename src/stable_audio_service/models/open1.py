@@ -117,12 +117,15 @@ class StableAudioOpenModel(AudioModel[Open1State]):
 
     # -- helpers -------------------------------------------------------------------
     def window_for(self, duration: float) -> int:
+        """Latents sampled for a clip: diffusers' whole window ("full", what its pipeline computes) or, with
+        "fit", only what the clip needs rounded up to 16 (faster; not the pipeline's numbers)."""
         if self.window_mode == "full":
             return self.max_window
         needed = math.ceil(duration * self.sample_rate / self.hop)
         return min(self.max_window, 16 * math.ceil(needed / 16))
 
     def batch_key(self, params: GenerationParams) -> tuple:
+        """One transformer call shares one timestep schedule and one latent length."""
         return (params.num_inference_steps, self.window_for(params.duration))
 
     def upload_samples(self, duration: float) -> int:

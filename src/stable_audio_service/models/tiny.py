@@ -9,8 +9,13 @@ from __future__ import annotations
 
 import string
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from diffusers import StableAudio3Pipeline, StableAudioPipeline
+    from transformers import GemmaTokenizer, T5TokenizerFast
 
 # Words that give the tiny tokenizer a few multi-character pieces; everything
 # else falls back to single characters, so any prompt tokenizes.
@@ -21,7 +26,7 @@ _WORDS = (
 ).split()
 
 
-def build_t5_tokenizer():
+def build_t5_tokenizer() -> T5TokenizerFast:
     """A T5-style Unigram tokenizer built with `tokenizers`, never fetched."""
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
     from transformers import T5TokenizerFast
@@ -46,7 +51,7 @@ def build_t5_tokenizer():
     )
 
 
-def build_tiny_open1(seed: int = 0):
+def build_tiny_open1(seed: int = 0) -> StableAudioPipeline:
     """A random-weight `StableAudioPipeline` with the real sample rate, hop (2048) and window (1024)."""
     from diffusers import (
         AutoencoderOobleck,
@@ -133,7 +138,7 @@ def make_tiny(directory: str | Path, family: str = "open-1.0", seed: int = 0, st
 # -- Stable Audio 3 ---------------------------------------------------------------------
 
 
-def build_gemma_tokenizer(model_max_length: int = 256):
+def build_gemma_tokenizer(model_max_length: int = 256) -> GemmaTokenizer:
     """A Gemma-style byte-fallback BPE tokenizer (`GemmaTokenizer`) built from a word list, never fetched.
 
     Specials sit at Gemma's ids (pad 0, eos 1, bos 2, unk 3, mask 4); the 256 `<0xNN>` byte pieces
@@ -170,7 +175,7 @@ def _randomize_zero_init(module: torch.nn.Module, generator: torch.Generator) ->
                 param.copy_(torch.randn(param.shape, generator=generator) / fan_in**0.5)
 
 
-def build_tiny_sa3(seed: int = 0):
+def build_tiny_sa3(seed: int = 0) -> StableAudio3Pipeline:
     """A random-weight `StableAudio3Pipeline`: 44.1 kHz stereo, the real 4096x SAME hop (patch 256,
     stride 16, band half-width 1), a two-layer T5Gemma encoder and a two-block DiT."""
     from diffusers import (
