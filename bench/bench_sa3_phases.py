@@ -88,11 +88,9 @@ class Phases:
 
 def _window_count(length: int) -> int:
     """Windows of the official windowed decode/encode for `length` latents (one pass below 128)."""
-    from stable_audio_service.models.stable_audio_3.autoencoder import WINDOW_OVERLAP, _window_starts
+    from stable_audio_service.models.stable_audio_3.autoencoder import windows
 
-    if length < WINDOW_LATENTS:
-        return 1
-    return len(_window_starts(length, WINDOW_LATENTS, WINDOW_LATENTS - WINDOW_OVERLAP))
+    return len(windows(length))
 
 
 def _window_of(structure: str, clip: float):

@@ -1,13 +1,14 @@
-"""Issue 12: Stable Audio 3 small, real-size random weights, on this machine: the plain eager fp32 path vs the
-fastest configuration the service offers, interleaved in one run.
+"""Stable Audio 3 small, real-size random weights, on this machine: the plain eager fp32 path vs the fastest
+configuration the service offers, interleaved in one run.
 
     python -m bench.bench_sa3_speed --duration 10 --json      # also --duration 30, --duration 120
 
 Three configurations of the same request (8 steps, guidance 1, the official 6 s duration padding), text encoder
 included (no text cache), run in alternating order (ABC CBA ...) so load from other processes hits all alike:
 
-* "eager_fp32": `StableAudio3Model` as it was before issue 12 (cross-attention keys/values and local-conditioning
-  embeddings recomputed at every step, every decode window decoded in full; no int8, no compile).
+* "eager_fp32": `StableAudio3Model` without its speed settings (`SA3Options(cache_request_tensors=False,
+  decode_kept=False)`: cross-attention keys/values and local-conditioning embeddings recomputed at every step,
+  every decode window decoded in full; no int8, no compile).
 * "exact": what the service runs by default (the same numbers up to float round-off): per-request cross-attention
   K/V and local-embedding caches, decode of the kept latents only, threads = cores.
 * "fast": "exact" plus the opt-in levers: `--quantize int8` (default; `STABLE_AUDIO_QUANTIZE=int8`: dynamic int8
@@ -82,9 +83,10 @@ def run_once(model, duration: float, steps: int, seed: int) -> dict:
     }
 
 
-def make_fast(model, *, quantize: str, compile: bool):
-    """A copy of `model` with the service's levers on (the plain model keeps its fp32 weights)."""
-    from stable_audio_service.models.stable_audio_3 import accel
+def make_fast(model, *, quantize: str, compile: bool, warmup: tuple[float, ...] = ()):
+    """A copy of `model` with the service's speed settings on (the plain model keeps its fp32 weights); with
+    compile, warmed up for `warmup` clip lengths while it is built. Returns it and what is on."""
+    from stable_audio_service.models.stable_audio_3.accel import SA3Options
     from stable_audio_service.models.stable_audio_3.family import StableAudio3Model
 
     text = copy.copy(model.text)  # shares the tokenizer and (empty) cache; its own encoder copy below
@@ -98,17 +100,9 @@ def make_fast(model, *, quantize: str, compile: bool):
         duration=model.duration_cond,
         device=model.device,
         dtype=model.torch_dtype,
+        options=SA3Options(threads=0, quantize=quantize, compile=compile, warmup_durations=warmup),
     )
-    fast.cache_request_tensors = True
-    fast.decode_kept = True
-    on = accel.apply(fast, quantize=quantize, compile=compile)
-    return fast, on
-
-
-def plain(model):
-    model.cache_request_tensors = False
-    model.decode_kept = False
-    return model
+    return fast, fast.speed_settings
 
 
 def main() -> None:
@@ -126,12 +120,14 @@ def main() -> None:
     args = parser.parse_args()
     quantize = "none" if args.no_int8 or args.device != "cpu" else args.quantize
     quiet()
+    from stable_audio_service.models.stable_audio_3.accel import SA3Options
+
     from .sa3_real import build_real_small, parameter_counts
 
     machine = machine_info()
     gflops = [matmul_gflops(args.device)]
     t0 = time.perf_counter()
-    model = plain(build_real_small())
+    model = build_real_small(options=SA3Options(cache_request_tensors=False, decode_kept=False))
     if args.device != "cpu":
         for part in (model.dit, model.autoencoder, model.duration_cond, model.text):
             part.to(args.device)
@@ -143,11 +139,9 @@ def main() -> None:
     models["exact"], levers["exact"] = make_fast(model, quantize="none", compile=False)
     warm_s = 0.0
     if quantize != "none" or args.compile:
-        models["fast"], levers["fast"] = make_fast(model, quantize=quantize, compile=args.compile)
-        if args.compile:
-            from stable_audio_service.models.stable_audio_3 import accel
-
-            warm_s = accel.warm_up(models["fast"], [args.duration])
+        warmup = (args.duration,) if args.compile else ()
+        models["fast"], levers["fast"] = make_fast(model, quantize=quantize, compile=args.compile, warmup=warmup)
+        warm_s = levers["fast"].get("warmup_s", 0.0)
     names = list(models)
     fastest_name = names[-1]
     on = levers[fastest_name]

@@ -1,4 +1,4 @@
-"""Issue 12: each opt-in lever's max deviation from fp32 on the real-size random SA3 small model, one component at a
+"""Each opt-in speed setting's max deviation from fp32 on the real-size random SA3 small model, one component at a
 time (one DiT forward, one decode, one text encoding). Random weights: this says nothing about audio quality.
 
     python -m bench.sa3_lever_deviation
@@ -18,11 +18,11 @@ def main() -> None:
     quiet()
     from stable_audio_service.models.base import GenerationParams
     from stable_audio_service.models.stable_audio_3 import accel
+    from stable_audio_service.models.stable_audio_3.accel import SA3Options
 
     from .sa3_real import build_real_small
 
-    model = build_real_small()
-    model.cache_request_tensors = model.decode_kept = False
+    model = build_real_small(options=SA3Options(cache_request_tensors=False, decode_kept=False))
     params = GenerationParams(
         prompt="warm analog synth pads", duration=10.0, guidance_scale=1.0, num_inference_steps=8, seed=1
     )
@@ -48,10 +48,10 @@ def main() -> None:
         latents = torch.randn(1, 256, 174, generator=torch.Generator().manual_seed(0))
         keep = 108
         full = model.autoencoder.decode(latents, torch.Generator().manual_seed(2))[..., : keep * 4096]
-        kept = accel.decode_kept(model.autoencoder, latents, torch.Generator().manual_seed(2), keep)
+        kept = model.autoencoder.decode(latents, torch.Generator().manual_seed(2), keep=keep)
         out["decode_kept (10 s)"] = {"max_abs": float((kept - full).abs().max()), "ref_max": float(full.abs().max())}
         qae = accel._quantize_linears(copy.deepcopy(model.autoencoder))
-        got = accel.decode_kept(qae, latents, torch.Generator().manual_seed(2), keep)
+        got = qae.decode(latents, torch.Generator().manual_seed(2), keep=keep)
         out["int8 SAME decode (10 s)"] = {
             "max_abs": float((got - full).abs().max()),
             "ref_max": float(full.abs().max()),

@@ -38,11 +38,18 @@ def _randomize(module: torch.nn.Module, generator: torch.Generator) -> None:
                 param.add_(torch.randn(param.shape, generator=generator) * param.shape[-1] ** -0.5)
 
 
-def build_real_small(seed: int = 0, text_cache_size: int = 0, workdir: Path | None = None):
-    """A `StableAudio3Model` of the real small shapes (random weights, float32, CPU), every parameter drawn."""
-    model = build_ours("small", seed, workdir, randomize=_randomize, text_cache_size=text_cache_size)
-    model.name = "sa3-small-real-random"
-    return model
+def build_real_small(seed: int = 0, text_cache_size: int = 0, workdir: Path | None = None, options=None):
+    """A `StableAudio3Model` of the real small shapes (random weights, float32, CPU), every parameter drawn,
+    served as `options` (an `SA3Options`; None: the defaults) say."""
+    return build_ours(
+        "small",
+        seed,
+        workdir,
+        randomize=_randomize,
+        text_cache_size=text_cache_size,
+        name="sa3-small-real-random",
+        options=options,
+    )
 
 
 def parameter_counts(model) -> dict[str, float]:

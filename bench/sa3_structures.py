@@ -118,10 +118,12 @@ def build_ours(
     encoder=None,
     text_cache_size: int = 0,
     name: str | None = None,
+    options=None,
 ):
     """A `StableAudio3Model` of the real `structure` shapes (random weights, float32, CPU), assembled from its
     parts the way `StableAudio3Model.from_checkpoint` assembles it. `raw` replaces the real config (mid-size
-    runs), `randomize(module, generator)` the zero-filling, `encoder` the real T5Gemma encoder."""
+    runs), `randomize(module, generator)` the zero-filling, `encoder` the real T5Gemma encoder, `options` (an
+    `SA3Options`; None: the defaults) how it is served."""
     from stable_audio_service.models.stable_audio_3.autoencoder import SameAutoencoder
     from stable_audio_service.models.stable_audio_3.conditioning import DurationConditioner, TextConditioner
     from stable_audio_service.models.stable_audio_3.config import parse_config
@@ -159,6 +161,7 @@ def build_ours(
         duration=duration,
         device="cpu",
         dtype=torch.float32,
+        options=options,
     )
 
 

@@ -1,12 +1,16 @@
-"""Speed levers of Stable Audio 3 (issue 12): the default-on ones give the official numbers (up to float
+"""Speed settings of Stable Audio 3 (`SA3Options`): the default-on ones give the official numbers (up to float
 round-off), the opt-in ones stay close on the tiny model (how close says nothing about audio quality)."""
 
 from __future__ import annotations
+
+import dataclasses
 
 import pytest
 import torch
 
 from stable_audio_service.models.stable_audio_3 import accel
+from stable_audio_service.models.stable_audio_3 import autoencoder as ae
+from stable_audio_service.models.stable_audio_3.accel import SA3Options
 from stable_audio_service.models.stable_audio_3.autoencoder import SameAutoencoder
 from stable_audio_service.models.tiny import tiny_sa3_config
 
@@ -30,10 +34,10 @@ def test_decode_kept_equals_the_official_decode_cut_to_the_clip(structure: str, 
     model = tiny_autoencoder(structure)
     latents = torch.randn(1, model.latent_dim, length, generator=torch.Generator().manual_seed(length))
     full = model.decode(latents, torch.Generator().manual_seed(5))[..., : keep * model.hop]
-    kept = accel.decode_kept(model, latents, torch.Generator().manual_seed(5), keep)
+    kept = model.decode(latents, torch.Generator().manual_seed(5), keep=keep)
     assert kept.shape == full.shape
     torch.testing.assert_close(kept, full, atol=1e-5, rtol=0)
-    quiet = accel.decode_kept(model, latents, None, keep)
+    quiet = model.decode(latents, None, keep=keep)
     torch.testing.assert_close(quiet, model.decode(latents, None)[..., : keep * model.hop], atol=1e-5, rtol=0)
     assert not torch.allclose(quiet, kept)  # the draws reached the kept samples
 
@@ -43,9 +47,51 @@ def test_decode_kept_decodes_fewer_latents(monkeypatch: pytest.MonkeyPatch) -> N
     seen: list[int] = []
     once = model._decode_once
     monkeypatch.setattr(model, "_decode_once", lambda x, noise: seen.append(x.shape[-1]) or once(x, noise))
-    accel.decode_kept(model, torch.randn(1, model.latent_dim, 174), torch.Generator().manual_seed(0), 108)
+    model.decode(torch.randn(1, model.latent_dim, 174), torch.Generator().manual_seed(0), keep=108)
     assert sum(seen) < 2 * 128  # the official decode: two windows of 128 latents
-    assert sum(seen) <= 108 + 2 * 2 * accel.receptive_margin(accel._decoder_block(model))[0]
+    block = next(m for m in model.decoder.layers if isinstance(m, ae._ResamplingBlock))
+    assert sum(seen) <= 108 + 2 * 2 * block.receptive_margin()[0]
+
+
+def test_keep_draws_cannot_be_replayed() -> None:
+    model = tiny_autoencoder("small")
+    with pytest.raises(ValueError, match="replayed"):
+        model.decode(torch.randn(1, model.latent_dim, 8), noises=[], keep=4)
+
+
+@pytest.mark.parametrize("unit", [1, 7])
+@pytest.mark.parametrize("latents", [5, 127, 128, 129, 200, 224, 321])
+def test_windows_tile_the_output_in_the_official_order(latents: int, unit: int) -> None:
+    """Encode and decode share one window list: the survivors of every window tile the output once, each inside
+    its window and past its trimmed left edge, and the last window is anchored to the end."""
+    for total in (latents * unit, latents * unit + unit - 1):
+        windows = ae.windows(total, unit)
+        assert windows[0].first == 0 and windows[-1].end == latents
+        assert all(a.end == b.first for a, b in zip(windows, windows[1:], strict=False))
+        for w in windows:
+            assert w.at <= w.first <= w.end <= w.at + w.size // unit
+            assert w.source + w.size <= total
+        if latents >= ae.WINDOW_LATENTS:
+            assert {w.size for w in windows} == {ae.WINDOW_LATENTS * unit}
+            assert windows[-1].source + windows[-1].size == total and windows[-1].at == latents - ae.WINDOW_LATENTS
+        assert ae.windows(total, unit, chunked=False) == [ae.Window(0, total, 0, 0, latents)]
+
+
+def test_options_are_fixed_and_checked() -> None:
+    from stable_audio_service.config import Settings
+
+    options = SA3Options()
+    assert options.decode_kept and options.cache_request_tensors and options.keep_inpaint_source
+    assert (options.threads, options.quantize, options.compile) == (None, "none", False)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        options.decode_kept = False  # type: ignore[misc]
+    with pytest.raises(ValueError, match="int4"):
+        SA3Options(quantize="int4")
+    with pytest.raises(ValueError, match="threads"):
+        SA3Options(threads=-1)
+    served = SA3Options.from_settings(Settings(threads=3, quantize="int8-dit", compile=True))
+    assert served == SA3Options(threads=3, quantize="int8-dit", compile=True)
+    assert SA3Options.from_settings(Settings()) == SA3Options(threads=0)  # the service's default: one per core
 
 
 def test_configure_threads_sets_intra_op_threads() -> None:
@@ -62,7 +108,9 @@ def tiny_sa3(tmp_path_factory):
     from stable_audio_service.models.tiny import make_tiny
 
     path = make_tiny(tmp_path_factory.mktemp("sa3-accel") / "small", family="sa3", structure="small")
-    return lambda: StableAudio3Model.from_checkpoint(path, name="tiny", device="cpu", dtype=torch.float32)
+    return lambda options=None: StableAudio3Model.from_checkpoint(
+        path, name="tiny", device="cpu", dtype=torch.float32, options=options
+    )
 
 
 def _generate(model, seed: int = 3, **fields):
@@ -87,18 +135,18 @@ def test_the_exact_levers_keep_the_plain_path_numbers(tiny_sa3, monkeypatch: pyt
     from stable_audio_service.models.stable_audio_3 import family
 
     model = tiny_sa3()
+    plain = tiny_sa3(SA3Options(cache_request_tensors=False, decode_kept=False))  # no caches, whole windows
     fields = {"t2a": {}, "guided": {"guidance_scale": 4.0}, "inpaint": _inpaint_fields(model)}[case]
     built: list[int] = []
-    local_embeds = model.dit.local_embeds
-    monkeypatch.setattr(model.dit, "local_embeds", lambda c: built.append(c.shape[0]) or local_embeds(c))
+    for each in (model, plain):
+        local_embeds = each.dit.local_embeds
+        monkeypatch.setattr(each.dit, "local_embeds", lambda c, f=local_embeds: built.append(c.shape[0]) or f(c))
     fast_latents, fast_audio = _generate(model, **fields)
     assert built == [1]  # the local-conditioning embeddings were computed once for the request, not per step
-    model.cache_request_tensors = model.decode_kept = False  # the path before issue 12
-    plain_latents, plain_audio = _generate(model, **fields)
+    plain_latents, plain_audio = _generate(plain, **fields)
     assert built == [1]
     assert torch.equal(fast_latents, plain_latents)
     assert abs(fast_audio - plain_audio).max() <= 1e-5
-    model.cache_request_tensors = True
     monkeypatch.setattr(family, "LOCAL_EMBED_CACHE_BYTES", 0)  # over the bound: computed in the forward again
     capped_latents, _ = _generate(model, **fields)
     assert built == [1] and torch.equal(capped_latents, plain_latents)
@@ -126,10 +174,9 @@ def test_cached_embeddings_batch_like_solo_requests(tiny_sa3) -> None:
 def test_int8_quantises_every_linear_and_stays_near_fp32(tiny_sa3) -> None:
     from torch import nn
 
-    model = tiny_sa3()
-    ref_latents, _ = _generate(model)
-    on = accel.apply(model, quantize="int8")
-    assert on["int8"] == ["dit", "autoencoder", "text"]
+    ref_latents, _ = _generate(tiny_sa3())
+    model = tiny_sa3(SA3Options(quantize="int8"))
+    assert model.speed_settings["int8"] == ["dit", "autoencoder", "text"]
     for part in (model.dit, model.autoencoder, model.text.encoder):
         assert not [m for m in part.modules() if type(m) is nn.Linear]  # all replaced by dynamic int8 Linears
     latents, audio = _generate(model)
@@ -143,10 +190,10 @@ def test_int8_quantises_every_linear_and_stays_near_fp32(tiny_sa3) -> None:
 def test_int8_dit_quantises_the_dit_alone(tiny_sa3) -> None:
     from torch import nn
 
-    model = tiny_sa3()
-    assert accel.apply(model, quantize="int8-dit")["int8"] == ["dit"]
+    model = tiny_sa3(SA3Options(quantize="int8-dit"))
+    assert model.speed_settings["int8"] == ["dit"]
     assert not [m for m in model.dit.modules() if type(m) is nn.Linear]
     for part in (model.autoencoder, model.text.encoder):
         assert [m for m in part.modules() if type(m) is nn.Linear]  # still fp32
-    with pytest.raises(ValueError, match="int4"):
-        accel.apply(model, quantize="int4")
+    with pytest.raises(RuntimeError, match="lora_dir"):  # the adapters' hooks need the fp32 DiT
+        model.enable_loras(model.files.root)

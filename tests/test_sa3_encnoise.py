@@ -11,6 +11,7 @@ nothing.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -21,6 +22,7 @@ import torch
 from stable_audio_service.models.base import GenerationParams
 from stable_audio_service.models.stable_audio_3 import autoencoder as ae
 from stable_audio_service.models.stable_audio_3 import sampling
+from stable_audio_service.models.stable_audio_3.accel import SA3Options
 from stable_audio_service.models.stable_audio_3.family import StableAudio3Model
 from stable_audio_service.models.tiny import make_tiny
 
@@ -74,11 +76,14 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def model() -> StableAudio3Model:
-    loaded = StableAudio3Model.from_checkpoint(
-        ENCNOISE, name="medium-encnoise", device="cpu", dtype=torch.float32, text_cache_size=16
+    return StableAudio3Model.from_checkpoint(
+        ENCNOISE,
+        name="medium-encnoise",
+        device="cpu",
+        dtype=torch.float32,
+        text_cache_size=16,
+        options=SA3Options(keep_inpaint_source=False),  # compare with exactly what Stability's generate() returns
     )
-    loaded.keep_inpaint_source = False  # compare with exactly what Stability's generate() returns
-    return loaded
 
 
 @pytest.fixture(scope="module")
@@ -158,7 +163,8 @@ def test_every_draw_is_the_official_one_in_the_official_order(model, ref, case_n
 
     monkeypatch.setattr(sampling, "draw", spy_sampling)
     monkeypatch.setattr(ae._NoiseSource, "draw", spy_source)
-    monkeypatch.setattr(model, "decode_kept", False)  # every decode draw whole, through the autoencoder
+    whole = dataclasses.replace(model.options, decode_kept=False)
+    monkeypatch.setattr(model, "options", whole)  # every decode draw whole, through the autoencoder
 
     state = model.start(params_of(case, ref))
     sources = int(bool(case["init_audio"])) + int(bool(case["inpaint_audio"]))

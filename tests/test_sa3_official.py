@@ -20,6 +20,7 @@ import torch
 from stable_audio_service.models.base import GenerationParams
 from stable_audio_service.models.loading import ModelLoadError
 from stable_audio_service.models.stable_audio_3 import sampling
+from stable_audio_service.models.stable_audio_3.accel import SA3Options
 from stable_audio_service.models.stable_audio_3.family import StableAudio3Model, sa3_limits
 from stable_audio_service.models.tiny import make_tiny
 
@@ -42,17 +43,17 @@ def oracle_threads():
     torch.set_num_threads(before)
 
 
-_MODELS: dict[str, StableAudio3Model] = {}
+_MODELS: dict[tuple[str, SA3Options], StableAudio3Model] = {}
 
 
-def fixture_model(name: str) -> StableAudio3Model:
-    if name not in _MODELS:
-        _MODELS[name] = StableAudio3Model.from_checkpoint(
-            FIXTURES / name, name=name, device="cpu", dtype=torch.float32, text_cache_size=16
+def fixture_model(name: str, options: SA3Options | None = None) -> StableAudio3Model:
+    """The fixture's model, returning exactly what Stability's generate() returns unless `options` say otherwise."""
+    options = options or SA3Options(keep_inpaint_source=False)
+    if (name, options) not in _MODELS:
+        _MODELS[name, options] = StableAudio3Model.from_checkpoint(
+            FIXTURES / name, name=name, device="cpu", dtype=torch.float32, text_cache_size=16, options=options
         )
-    model = _MODELS[name]
-    model.keep_inpaint_source = False  # compare with exactly what Stability's generate() returns
-    return model
+    return _MODELS[name, options]
 
 
 def run(model: StableAudio3Model, params: GenerationParams, on_step=None):
@@ -166,17 +167,13 @@ def test_sampler_given_the_official_source_latents(name, monkeypatch):
 
 @needs_fixtures
 def test_inpainting_returns_the_source_outside_the_regions():
-    model, fx = fixture_model("small-tiny"), fixture("small-tiny")
-    model.keep_inpaint_source = True
-    try:
-        params = params_of(fx, "inpaint_1s")
-        state = model.start(params)
-        params.drop_uploads()  # the engine frees uploads once they are encoded; the kept audio must survive that
-        while not state.finished:
-            model.step([state])
-        audio = model.finish(state)
-    finally:
-        model.keep_inpaint_source = False
+    model, fx = fixture_model("small-tiny", SA3Options(keep_inpaint_source=True)), fixture("small-tiny")
+    params = params_of(fx, "inpaint_1s")
+    state = model.start(params)
+    params.drop_uploads()  # the engine frees uploads once they are encoded; the kept audio must survive that
+    while not state.finished:
+        model.step([state])
+    audio = model.finish(state)
     source, official = fx.array("inpaint_1s", "input_audio"), fx.array("inpaint_1s", "audio")[0]
     lo, hi = int(0.3 * 44100), int(0.6 * 44100)
     assert np.array_equal(audio[:, :lo], np.clip(source[:, :lo], -1, 1))

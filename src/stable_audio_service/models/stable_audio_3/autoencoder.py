@@ -1,5 +1,7 @@
 """Stable Audio 3's SAME autoencoder, computed as Stability's `stable_audio_3` library computes it.
 
+(Long: it is the whole SAME network, layer by layer, kept in one module so its names are the checkpoint's own.)
+
 Why our own module instead of diffusers' `AutoencoderSAME`: diffusers can only express SAME-L (a band mask over
 the whole sequence, quadratic in memory) and cannot represent SAME-S at all (no chunked attention with midpoint
 shift, no kernel-3 decoder mapping, no chunk alignment, no decode-time noise, no windowed decode); its tensor names
@@ -15,27 +17,35 @@ also differ from the official checkpoint. Written here in Stability's own module
 
 The decode path (bottleneck noise, TRB new tokens plus `mask_noise`, kernel-1/3 mapping, patch unfolding) and the
 official windowed decode/encode (`chunked: true`: windows of 128 latents every 96, right-anchored last window,
-16 latents trimmed at inner edges, later windows overwrite) follow `stable_audio_3` @ 636f906 step by step; see
-/work/shared/fixtures/sa3-official/*/MAKING.md for the facts this was checked against.
+16 latents trimmed at inner edges, later windows overwrite) follow `stable_audio_3` @ 636f906 step by step; the
+oracle fixtures' MAKING.md files (shared/fixtures/sa3-official/, read by tests/oracle.py) record the facts this
+was checked against. Encode and decode walk the same `windows`.
 
 Decode-time randomness is explicit: `decode(..., generator=g)` draws, window by window, the bottleneck
 `noise_regularize` noise and then each TRB's `mask_noise`, exactly as `torch.randn_like` on the CPU global RNG
 does in the official code when `g` is a CPU generator in the same state; `generator=None` means no decode-time
 noise; `noises=[...]` replays stored draws in that order (for parity tests). Encoding is the same: an encoder
 with `mask_noise > 0` draws its new-token noise from `encode(..., generator=g)`, window by window.
+
+`decode(..., keep=n)` returns the first `n` latents' audio and decodes each window only over the latents that
+audio needs (see `decode`): a clip is shorter than its window (6 s of padding), so most of the last window's
+work would be cut away.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["PRETRANSFORM_PREFIX", "WINDOW_LATENTS", "WINDOW_OVERLAP", "SameAutoencoder"]
+from .checkpoint import load_strict
+
+__all__ = ["PRETRANSFORM_PREFIX", "WINDOW_LATENTS", "WINDOW_OVERLAP", "SameAutoencoder", "Window", "windows"]
 
 PRETRANSFORM_PREFIX = "pretransform.model."
 # The official pretransform's windowed decode/encode (`decode_audio` / `encode_audio` defaults), in latents.
@@ -313,6 +323,28 @@ class _ResamplingBlock(nn.Module):
             for i in range(depth)
         )
 
+    @property
+    def frame_multiple(self) -> int:
+        """Decoder latents are padded to whole attention chunks (`chunk_size // stride` latents); a band needs none."""
+        return self.chunk_size // self.stride if self.window is None else 1
+
+    def receptive_margin(self) -> tuple[int, int]:
+        """(margin, alignment) in latents: how far a decoded latent's audio depends on its neighbours. Chunked
+        attention: a chunk is `chunk_size // stride` latents, the shifted layers straddle two aligned chunks, the
+        kernel-3 output mapping reaches one patch further: two chunks cover it. Band attention: each layer
+        reaches `max(left, right)` tokens further."""
+        if self.window is None:
+            chunk = max(1, self.chunk_size // self.stride)
+            return 2 * chunk, chunk
+        per_layer = math.ceil(max(self.window) / self.group)
+        return self.depth * per_layer + 1, 1
+
+    def decode_span(self, lo: int, hi: int, size: int) -> tuple[int, int]:
+        """The latents c0..c1 of a `size`-latent window whose decode gives latents lo..hi as the whole window does:
+        lo..hi widened by the receptive margin, on chunk boundaries so that every chunk is a whole-window one."""
+        margin, align = self.receptive_margin()
+        return max(0, (lo - margin) // align * align), min(size, -(-(hi + margin) // align) * align)
+
     def forward(self, x: torch.Tensor, noise: _NoiseSource) -> torch.Tensor:
         batch = x.shape[0]
         if self.kind == "encoder":
@@ -322,7 +354,7 @@ class _ResamplingBlock(nn.Module):
         if self.depth > 0:
             x = x.transpose(1, 2)
             if self.kind == "decoder":
-                x = _pad_to_multiple(x, self.chunk_size // self.stride if self.window is None else 1, dim=-2)
+                x = _pad_to_multiple(x, self.frame_multiple, dim=-2)
             groups = x.shape[1] // self.in_seg
             x = x.reshape(batch * groups, self.in_seg, x.shape[-1])
             new = self.new_tokens.expand(batch * groups, self.out_seg, -1)
@@ -504,28 +536,10 @@ class SameAutoencoder(nn.Module):
             state = dict(tensors)
         if "bottleneck.noise_scaling_factor" in state and state["bottleneck.noise_scaling_factor"].numel() == 0:
             del state["bottleneck.noise_scaling_factor"]
-        own = self.state_dict()
-        missing = sorted(set(own) - set(state))
-        unexpected = sorted(set(state) - set(own))
-        mismatched = [
-            f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-            for k in sorted(set(own) & set(state))
-            if tuple(state[k].shape) != tuple(own[k].shape)
-        ]
-        if missing or unexpected or mismatched:
-
-            def head(items: Sequence[str]) -> str:
-                return ", ".join(items[:8]) + (f" (+{len(items) - 8} more)" if len(items) > 8 else "")
-
-            problems = [
-                f"{name}: {head(items)}"
-                for name, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", mismatched))
-                if items
-            ]
-            raise ValueError(
-                f"SAME checkpoint does not match model_config ({PRETRANSFORM_PREFIX}*): " + "; ".join(problems)
-            )
-        self.load_state_dict(state, strict=True)
+        try:
+            load_strict(self, state)
+        except ValueError as exc:
+            raise ValueError(f"SAME checkpoint does not match model_config ({PRETRANSFORM_PREFIX}*): {exc}") from None
 
     # ------------------------------------------------------------------ encode
 
@@ -542,20 +556,13 @@ class SameAutoencoder(nn.Module):
             raise ValueError(f"audio must be (batch, {self.io_channels}, samples>0), got {tuple(audio.shape)}")
         audio = audio.to(self._dtype)
         noise = _NoiseSource(generator)
-        window = WINDOW_LATENTS * self.hop
         total = audio.shape[-1]
-        if not self.chunked or total < window:
-            return self._encode_once(audio, noise)
-        starts = _window_starts(total, window, (WINDOW_LATENTS - WINDOW_OVERLAP) * self.hop)
-        latents_total = total // self.hop
-        out = audio.new_zeros(audio.shape[0], self.latent_dim, latents_total)
-        trim = WINDOW_OVERLAP // 2
-        for i, start in enumerate(starts):
-            last = i == len(starts) - 1
-            chunk = self._encode_once(audio[..., start : start + window], noise)
-            at = latents_total - WINDOW_LATENTS if last else start // self.hop
-            left, right = (0 if i == 0 else trim), (WINDOW_LATENTS if last else WINDOW_LATENTS - trim)
-            out[..., at + left : at + right] = chunk[..., left:right]
+        if not _windowed(total // self.hop, self.chunked):
+            return self._encode_once(audio, noise)  # the whole pass, padding included, as the official encode
+        out = audio.new_zeros(audio.shape[0], self.latent_dim, total // self.hop)
+        for w in windows(total, self.hop, chunked=self.chunked):  # every window: each one draws
+            chunk = self._encode_once(audio[..., w.source : w.source + w.size], noise)
+            out[..., w.first : w.end] = chunk[..., w.first - w.at : w.end - w.at]
         return out
 
     @property
@@ -578,33 +585,78 @@ class SameAutoencoder(nn.Module):
         generator: torch.Generator | None = None,
         *,
         noises: Sequence[torch.Tensor] | None = None,
+        keep: int | None = None,
     ) -> torch.Tensor:
         """(B, latent_dim, L) -> (B, io_channels, L * hop), as the official pretransform decodes.
 
         `generator`: the official decode-time draws (per window: bottleneck `noise_regularize` [B, D, Lw], then each
         TRB's `mask_noise` [B * Lw_padded, stride, width]) taken from it in that order; None: no decode-time
         noise. `noises`: replay exactly those draws instead (list in draw order). Windowed when `chunked` and
-        L >= 128: each window is one decode with its own draws, so time and memory grow linearly with L."""
+        L >= 128: each window is one decode with its own draws, so time and memory grow linearly with L.
+
+        `keep`: return `decode(latents, generator)[..., : keep * hop]` (the same numbers up to float round-off) and
+        compute only what those samples need, since a clip is shorter than its window. Windows whose audio lies
+        past them are skipped (their draws come after every draw that matters), and with one transformer block
+        (SAME-S and SAME-L) each window is decoded only over the latents it provides to the kept audio plus the
+        block's receptive margin; its draws are made at whole-window size in the official order and cut to those
+        latents, so every kept sample sees the noise it sees in the whole decode. 10 s: 120 of 256 latents."""
         if latents.ndim != 3 or latents.shape[1] != self.latent_dim or latents.shape[-1] < 1:
             raise ValueError(f"latents must be (batch, {self.latent_dim}, frames>0), got {tuple(latents.shape)}")
+        if keep is not None and noises is not None:
+            raise ValueError("keep decodes part of each window, which whole-window replayed noises do not fit")
         latents = latents.to(self._dtype)
+        batch, length = latents.shape[0], latents.shape[-1]
+        kept = length if keep is None else max(1, min(int(keep), length))
+        block = None if keep is None else self._span_block()
         noise = _NoiseSource(generator, noises)
-        length = latents.shape[-1]
-        if not self.chunked or length < WINDOW_LATENTS:
-            out = self._decode_once(latents, noise)[..., : length * self.hop]
-        else:
-            out = latents.new_zeros(latents.shape[0], self.io_channels, length * self.hop)
-            starts = _window_starts(length, WINDOW_LATENTS, WINDOW_LATENTS - WINDOW_OVERLAP)
-            trim = WINDOW_OVERLAP // 2
-            for i, start in enumerate(starts):
-                last = i == len(starts) - 1
-                audio = self._decode_once(latents[..., start : start + WINDOW_LATENTS], noise)
-                left, right = (0 if i == 0 else trim), (WINDOW_LATENTS if last else WINDOW_LATENTS - trim)
-                out[..., (start + left) * self.hop : (start + right) * self.hop] = audio[
-                    ..., left * self.hop : right * self.hop
-                ]
+        hop = self.hop
+        out = latents.new_zeros(batch, self.io_channels, kept * hop)
+        for w in windows(length, 1, chunked=self.chunked):
+            if w.first >= kept:
+                break  # this window's audio, and every later one's, lies past what is returned
+            lo, hi = w.first - w.at, min(w.end, kept) - w.at  # what it provides, in window latents
+            if block is None:
+                c0, c1, source = 0, w.size, noise
+            else:
+                c0, c1 = block.decode_span(lo, hi, w.size)
+                source = self._span_draws(block, generator, batch, w.size, c0, c1)
+            audio = self._decode_once(latents[..., w.source + c0 : w.source + c1], source)
+            if source is not noise:
+                source.finish()
+            out[..., (w.at + lo) * hop : (w.at + hi) * hop] = audio[..., (lo - c0) * hop : (hi - c0) * hop]
         noise.finish()
         return out
+
+    def _span_block(self) -> _ResamplingBlock | None:
+        """The decoder's one transformer block, whose receptive margin bounds a decoded latent's reach; None when
+        the decoder is not built that way (then `keep` decodes whole windows)."""
+        blocks = [m for m in self.decoder.layers if isinstance(m, _ResamplingBlock)]
+        return blocks[0] if len(blocks) == 1 and blocks[0].depth > 0 else None
+
+    def _span_draws(
+        self,
+        block: _ResamplingBlock,
+        generator: torch.Generator | None,
+        batch: int,
+        size: int,
+        c0: int,
+        c1: int,
+    ) -> _NoiseSource:
+        """A window's official draws, made at whole-window size (`size` latents, the block's padded frames) and cut
+        to latents c0..c1, for a decode of those latents alone."""
+        if generator is None:
+            return _NoiseSource()
+        noises: list[torch.Tensor] = []
+        if self.bottleneck.noise_regularize:
+            full = torch.randn((batch, self.latent_dim, size), generator=generator, device=generator.device)
+            noises.append(full[..., c0:c1])
+        if block.mask_noise > 0:
+            frames = -(-size // block.frame_multiple) * block.frame_multiple  # the block draws for its padding too
+            end = frames if c1 == size else c1
+            width = block.new_tokens.shape[-1]
+            full = torch.randn((batch * frames, block.out_seg, width), generator=generator, device=generator.device)
+            noises.append(full.view(batch, frames, block.out_seg, width)[:, c0:end].reshape(-1, block.out_seg, width))
+        return _NoiseSource(replay=noises) if noises else _NoiseSource()
 
     def _decode_once(self, latents: torch.Tensor, noise: _NoiseSource) -> torch.Tensor:
         x = _run(self.decoder.layers, self.bottleneck.decode(latents, noise), noise)
@@ -618,9 +670,42 @@ class SameAutoencoder(nn.Module):
 
     def window_starts(self, length: int) -> list[int]:
         """Latent offsets of the decode windows for `length` latents ([0] when decoded in one pass)."""
-        if not self.chunked or length < WINDOW_LATENTS:
-            return [0]
-        return _window_starts(length, WINDOW_LATENTS, WINDOW_LATENTS - WINDOW_OVERLAP)
+        return [w.source for w in windows(length, 1, chunked=self.chunked)]
+
+
+@dataclass(frozen=True)
+class Window:
+    """One pass of the official windowed encode/decode. `source`/`size` are in input units (samples when encoding,
+    latents when decoding); the rest in latents. Its output's first latent lands on `at`; of it, latents
+    `first`..`end` survive (a later window overwrites from its own `first` on), so the windows' survivors tile
+    the output and writing only them gives what the official overwriting loop gives."""
+
+    source: int
+    size: int
+    at: int
+    first: int
+    end: int
+
+
+def _windowed(latents: int, chunked: bool) -> bool:
+    return chunked and latents >= WINDOW_LATENTS
+
+
+def windows(total: int, unit: int = 1, *, chunked: bool = True) -> list[Window]:
+    """The passes of the official windowed encode/decode over `total` input units, `unit` per latent (the hop
+    for audio, 1 for latents): windows of 128 latents every 96, the last one anchored to the end, 16 latents
+    trimmed at inner edges. One pass over everything when not `chunked` or shorter than a window."""
+    latents = total // unit
+    if not _windowed(latents, chunked):
+        return [Window(0, total, 0, 0, latents)]
+    size = WINDOW_LATENTS * unit
+    starts = _window_starts(total, size, (WINDOW_LATENTS - WINDOW_OVERLAP) * unit)
+    # The last window is anchored to the end in input units; its output lands on the last 128 latents.
+    ats = [start // unit for start in starts[:-1]] + [latents - WINDOW_LATENTS]
+    trim = WINDOW_OVERLAP // 2
+    firsts = [0] + [at + trim for at in ats[1:]]
+    ends = firsts[1:] + [latents]
+    return [Window(*parts) for parts in zip(starts, [size] * len(starts), ats, firsts, ends, strict=True)]
 
 
 def _window_starts(total: int, window: int, hop: int) -> list[int]:

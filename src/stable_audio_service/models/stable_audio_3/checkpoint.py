@@ -17,11 +17,13 @@ import json
 import math
 import re
 import struct
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from ..common import ModelLoadError
 from .config import ConfigError, SA3Config, parse_config
@@ -176,6 +178,36 @@ def load_tensors(weights_path: Path, device: str = "cpu") -> dict[str, torch.Ten
             return {k: fh.get_tensor(k) for k in fh.keys() if not k.startswith(UNUSED_PREFIXES)}
     except Exception as exc:
         raise ModelLoadError(f"{weights_path} cannot be read: {type(exc).__name__}: {exc}") from None
+
+
+def load_strict(module: nn.Module, state: Mapping[str, torch.Tensor], shown_prefix: str = "") -> None:
+    """Load `state` into `module` only when it fits exactly, else raise ValueError naming every missing, unexpected
+    and mis-shaped tensor (as `shown_prefix + name`): a checkpoint that does not fit its config must say where,
+    not load half its weights or fail deep inside torch."""
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    mismatched = [
+        f"{shown_prefix}{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in sorted(set(own) & set(state))
+        if tuple(state[k].shape) != tuple(own[k].shape)
+    ]
+
+    def head(items: Sequence[str]) -> str:
+        return ", ".join(items[:8]) + (f" (+{len(items) - 8} more)" if len(items) > 8 else "")
+
+    problems = [
+        f"{what}: {head(items)}"
+        for what, items in (
+            ("missing", [shown_prefix + k for k in missing]),
+            ("unexpected", [shown_prefix + k for k in unexpected]),
+            ("shape mismatch", mismatched),
+        )
+        if items
+    ]
+    if problems:
+        raise ValueError("; ".join(problems))
+    module.load_state_dict(dict(state), strict=True)
 
 
 def count_parameters(path: Path) -> dict[str, int]:

@@ -1,5 +1,8 @@
 """Stable Audio 3 as the engine sees it: official checkpoint in, Stability's `generate()` out, one step at a time.
 
+(Long: `generate()` is one function in Stability's code; here it is one class, with the limits, memory figures and
+family descriptor that are read from the same config, so the order of its random draws can be read in one place.)
+
 `start` does what `StableAudioModel.generate` does before its sampler loop, in the same order for the random
 stream: the initial noise is the request generator's first draw, before any conditioning; then the sources are
 encoded, the audio-to-audio source before the inpainting one, each once whatever the number of regions, and an
@@ -51,10 +54,13 @@ from ..base import (
 from ..common import DTYPE_BYTES, GIB, ModelLoadError
 from ..family import Family, Footprint, LoadRequest
 from . import accel, lora, sampling
+from .accel import SA3Options
+from .autoencoder import SameAutoencoder
 from .checkpoint import (
     CheckpointFiles,
     count_parameters,
     is_official_checkpoint,
+    load_strict,
     load_tensors,
     resolve_checkpoint,
 )
@@ -69,8 +75,8 @@ MIN_DURATION_S = 0.1
 DEFAULT_DURATION_S = 10.0
 MAX_STEPS = 200
 MAX_GUIDANCE = 20.0
-# Speed (issue 12): a request keeps its per-layer local-conditioning embeddings when they take at most this much
-# (small: 14 MiB for a 10 s clip, up to ~60 s); longer clips recompute them at every step instead.
+# A request keeps its per-layer local-conditioning embeddings (computing them at every step costs time) when they
+# take at most this much (small: 14 MiB for a 10 s clip, up to ~60 s); longer clips recompute them instead.
 LOCAL_EMBED_CACHE_BYTES = 64 * 1024**2
 
 
@@ -116,8 +122,8 @@ def memory_estimate(path: Path, dtype: torch.dtype, max_seconds: float) -> tuple
     Working: the DiT's activations grow linearly with the window (no attention matrix is materialised; about 32
     live tensors of tokens x width per row, two rows under guidance), the decoded window and its float32 copy,
     plus 0.5 GiB of allocator slack and windowed-decode buffers (the decode itself is windowed, 128 latents),
-    plus the request's caches (issue 12): every layer's cross-attention keys/values for both rows and its
-    local-conditioning embeddings (bounded by `LOCAL_EMBED_CACHE_BYTES`).
+    plus the request's caches (`SA3Options.cache_request_tensors`): every layer's cross-attention keys/values for
+    both rows and its local-conditioning embeddings (bounded by `LOCAL_EMBED_CACHE_BYTES`).
     """
     files = resolve_checkpoint(path)
     config = _config_of(files)
@@ -168,14 +174,16 @@ class SA3State(GenerationState):
     inpaint_source: np.ndarray | None = None  # (channels, output samples): the source, kept past drop_uploads()
     denoised: torch.Tensor | None = None  # the last step's prediction (the final latents after the last step)
     noise: torch.Tensor | None = None  # the last step's re-noising draw
-    lora: lora.SetPlan | None = None  # LoRA (issue 16): the request's adapters, planned once
-    cross_kv: list[torch.Tensor] | None = None  # speed (issue 12): per layer, to_kv of the context rows
-    local_embeds: list[torch.Tensor] | None = None  # speed (issue 12): per layer, to_local_embed of local_cond
+    lora: lora.SetPlan | None = None  # the request's LoRA adapters, planned once for all its steps
+    # The same at every step, so computed once per request (`SA3Options.cache_request_tensors`):
+    cross_kv: list[torch.Tensor] | None = None  # per layer, to_kv of the context rows
+    local_embeds: list[torch.Tensor] | None = None  # per layer, to_local_embed of local_cond
 
 
 class StableAudio3Model(AudioModel[SA3State]):
     family = "sa3"
-    mixed_steps = True  # continuous batching (issue 12): timestep, schedule and draws are per row
+    # Requests at different steps share a forward (continuous batching): timestep, schedule and draws are per row.
+    mixed_steps = True
 
     def __init__(
         self,
@@ -183,14 +191,20 @@ class StableAudio3Model(AudioModel[SA3State]):
         name: str,
         config: SA3Config,
         dit: DiffusionTransformer,
-        autoencoder: Any,
+        autoencoder: SameAutoencoder,
         text: TextConditioner,
         duration: DurationConditioner,
         device: str,
         dtype: torch.dtype,
         max_duration: float | None = None,
         files: CheckpointFiles | None = None,
+        options: SA3Options | None = None,
+        lora_dir: Path | None = None,
+        lora_cache_mb: float = 512,
     ) -> None:
+        """A model from its loaded parts, served as `options` say (defaults: `SA3Options()`); with `lora_dir`,
+        requests may name the adapters in it. The options' speed settings are applied here, once, after the
+        adapters are hooked in: int8 and compile replace modules the hooks must see in fp32 and eager."""
         self.name = name
         self.config = config
         self.dit = dit
@@ -207,14 +221,12 @@ class StableAudio3Model(AudioModel[SA3State]):
         self.shift = sampling.make_shift(config.sampling_shift)
         self.limits = sa3_limits(config, name, max_duration)
         self.capabilities = sa3_capabilities(config)
-        # Return the source sample for sample outside the regenerated regions (the model's own output there is
-        # only a reconstruction of it); False returns exactly what Stability's generate() returns.
-        self.keep_inpaint_source = True
-        # Speed (issue 12): compute a request's cross-attention keys/values and local-conditioning embeddings once
-        # instead of at every step (same numbers); False is the plain path the benchmark compares against.
-        self.cache_request_tensors = True
-        self.decode_kept = True  # speed (issue 12): decode only what the clip returns (accel.decode_kept)
-        self.loras: lora.SA3Loras | None = None  # LoRA (issue 16): set by enable_loras
+        self.options = SA3Options() if options is None else options
+        self.loras: lora.SA3Loras | None = None  # set by enable_loras
+        self.speed_settings: dict[str, Any] = {}
+        if lora_dir is not None:
+            self.enable_loras(Path(lora_dir), lora_cache_mb)
+        self.speed_settings = accel.apply(self, self.options)  # what is on, for the log
 
     # -- loading -----------------------------------------------------------------------------------------
     @classmethod
@@ -229,17 +241,19 @@ class StableAudio3Model(AudioModel[SA3State]):
         max_duration: float | None = None,
         lora_dir: Path | None = None,
         lora_cache_mb: float = 512,
+        options: SA3Options | None = None,
     ) -> StableAudio3Model:
-        """Load an official-format checkpoint directory (or hub id, through the HF cache); with `lora_dir`,
-        requests may name the adapters in it (see lora.py)."""
-        from .autoencoder import SameAutoencoder
-
+        """Load an official-format checkpoint directory (or hub id, through the HF cache), served as `options`
+        say; with `lora_dir`, requests may name the adapters in it (see lora.py)."""
         files = resolve_checkpoint(path)
         config = _config_of(files)
         tensors = load_tensors(files.weights_path)
         dit = DiffusionTransformer(config.dit)
         prefix = "model.model."
-        _load_strict(dit, {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}, files, prefix)
+        try:
+            load_strict(dit, {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}, prefix)
+        except ValueError as exc:
+            raise ModelLoadError(f"{files.weights_path} does not match {files.config_path.name}: {exc}") from None
         try:
             autoencoder = SameAutoencoder.from_config(config.raw)
             autoencoder.load_official(tensors)
@@ -255,7 +269,7 @@ class StableAudio3Model(AudioModel[SA3State]):
         del tensors
         for module in (dit, autoencoder, duration, text):
             module.eval().requires_grad_(False).to(device=device, dtype=dtype)
-        model = cls(
+        return cls(
             name=name,
             config=config,
             dit=dit,
@@ -266,14 +280,17 @@ class StableAudio3Model(AudioModel[SA3State]):
             dtype=dtype,
             max_duration=max_duration,
             files=files,
+            options=options,
+            lora_dir=lora_dir,
+            lora_cache_mb=lora_cache_mb,
         )
-        if lora_dir is not None:
-            model.enable_loras(Path(lora_dir), lora_cache_mb)
-        return model
 
     def enable_loras(self, directory: Path, cache_mb: float = 512) -> None:
-        """LoRA (issue 16): serve the adapters of `directory` per request (hooks on the DiT and the duration
-        embedder; the base weights stay as loaded)."""
+        """Serve the LoRA adapters of `directory` per request (hooks on the DiT and the duration embedder; the
+        base weights stay as loaded). The hooks need the fp32, eager DiT: pass `lora_dir` at construction when the
+        options quantise or compile it."""
+        if "dit" in [*self.speed_settings.get("int8", []), *self.speed_settings.get("compile", [])]:
+            raise RuntimeError("LoRA adapters hook the fp32, eager DiT: build the model with lora_dir instead")
         self.loras = lora.SA3Loras(
             directory,
             self.dit,
@@ -297,11 +314,11 @@ class StableAudio3Model(AudioModel[SA3State]):
         )
 
     def batch_key(self, params: GenerationParams) -> Hashable:
-        """One forward pass serves requests of the same latent length, at any step of any step count (issue 12:
-        timesteps, schedules, guidance, inpainting, audio-to-audio and LoRA adapters are per row; but for adapter
-        sets that must be merged, see lora.py)."""
+        """One forward pass serves requests of the same latent length, at any step of any step count (timesteps,
+        schedules, guidance, inpainting, audio-to-audio and LoRA adapters are per row; but for adapter sets that
+        must be merged, see lora.py)."""
         key: tuple = (self.family, self.window(params.duration).latent_length)
-        if self.loras is not None and params.loras:  # LoRA (issue 16)
+        if self.loras is not None and params.loras:
             key += self.loras.batch_key(params.loras)
         return key
 
@@ -355,7 +372,7 @@ class StableAudio3Model(AudioModel[SA3State]):
         latent_shape = (1, self.config.dit.io_channels, win.latent_length)
         noise = sampling.draw(generator, latent_shape).to(self.device)  # the first draw, as in generate()
 
-        plan = None  # LoRA (issue 16): the conditioner's adapters act on the duration embedding too
+        plan = None  # the request's LoRA adapters: those of the conditioner act on the duration embedding too
         if params.loras:
             if self.loras is None:
                 raise InvalidRequest("loras: this model serves no LoRA adapters (no adapter directory)")
@@ -449,9 +466,9 @@ class StableAudio3Model(AudioModel[SA3State]):
                 masks.append(state.padding_mask)
             rows.append((cond_row, cond_row + 1 if state.uncond_context is not None else None))
         groups = [1 if u is None else 2 for _, u in rows]
-        segments = [(c, c + g, s.lora) for s, (c, _), g in zip(states, rows, groups, strict=True)]  # LoRA (issue 16)
+        segments = [(c, c + g, s.lora) for s, (c, _), g in zip(states, rows, groups, strict=True)]  # LoRA rows
         context_kv = None
-        if self.cache_request_tensors:  # speed (issue 12): see SA3State.cross_kv and local_embeds
+        if self.options.cache_request_tensors:  # see SA3State.cross_kv and local_embeds
             for state, (c, _), g in zip(states, rows, groups, strict=True):
                 if state.cross_kv is None:
                     with lora.applied_to_rows([(0, g, state.lora)]):
@@ -486,12 +503,12 @@ class StableAudio3Model(AudioModel[SA3State]):
             state.step += 1
 
     def _local_embeds(self, states: list[SA3State], groups: list[int]) -> list[torch.Tensor] | None:
-        """Speed (issue 12): each layer's local-conditioning embedding of these rows, from what every request
-        computed once (its guidance rows share one local conditioning, so one row is computed and repeated).
-        None (computed in the forward, every step) when caching is off, the DiT takes no local conditioning or a
-        request's cache would pass `LOCAL_EMBED_CACHE_BYTES`."""
+        """Each layer's local-conditioning embedding of these rows, from what every request computed once (its
+        guidance rows share one local conditioning, so one row is computed and repeated). None (computed in the
+        forward, every step) when caching is off, the DiT takes no local conditioning or a request's cache would
+        pass `LOCAL_EMBED_CACHE_BYTES`."""
         dit = self.config.dit
-        if not self.cache_request_tensors or not dit.local_add_cond_dim:
+        if not self.options.cache_request_tensors or not dit.local_add_cond_dim:
             return None
         for state in states:
             if state.local_embeds is None:
@@ -507,11 +524,9 @@ class StableAudio3Model(AudioModel[SA3State]):
     def decode(self, state: SA3State) -> torch.Tensor:
         """Stability's output before the float32 cast: decode (with its draws), padded frames zeroed."""
         hop = self.config.hop
-        if self.decode_kept:  # speed (issue 12): only the latents whose audio is returned (see accel.decode_kept)
-            keep = math.ceil(state.window.output_samples / hop)
-            audio = accel.decode_kept(self.autoencoder, state.x.to(self.torch_dtype), state.generator, keep)
-        else:
-            audio = self.autoencoder.decode(state.x.to(self.torch_dtype), state.generator)
+        # Only the latents whose audio is returned, when the options say so (`SameAutoencoder.decode`'s `keep`).
+        keep = math.ceil(state.window.output_samples / hop) if self.options.decode_kept else None
+        audio = self.autoencoder.decode(state.x.to(self.torch_dtype), state.generator, keep=keep)
         frame_mask = state.padding_mask.unsqueeze(1).repeat_interleave(hop, dim=-1)
         length = audio.shape[-1]
         if frame_mask.shape[-1] >= length:
@@ -524,7 +539,7 @@ class StableAudio3Model(AudioModel[SA3State]):
     def finish(self, state: SA3State) -> np.ndarray:
         audio = self.decode(state).to(torch.float32).clamp(-1, 1)[0, :, : state.window.output_samples]
         result = to_audio(audio)
-        if self.keep_inpaint_source and state.inpaint_keep is not None and state.inpaint_source is not None:
+        if self.options.keep_inpaint_source and state.inpaint_keep is not None and state.inpaint_source is not None:
             result = np.where(state.inpaint_keep[None, :], state.inpaint_source, result).astype(np.float32)
         state.x = state.context = state.global_cond = state.padding_mask = torch.empty(0)
         state.uncond_context = state.local_cond = state.denoised = state.noise = None
@@ -555,20 +570,6 @@ def kept_samples(total: int, source_samples: int, regions: list[tuple[float, flo
     return keep
 
 
-def _load_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], files: CheckpointFiles, prefix: str) -> None:
-    own = module.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    mismatched = [k for k in sorted(set(own) & set(state)) if own[k].shape != state[k].shape]
-    if missing or unexpected or mismatched:
-        parts = []
-        for what, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", mismatched)):
-            if keys:
-                parts.append(f"{what}: {', '.join(prefix + k for k in keys[:6])}{' ...' if len(keys) > 6 else ''}")
-        raise ModelLoadError(f"{files.weights_path} does not match {files.config_path.name}: {'; '.join(parts)}")
-    module.load_state_dict(state, strict=True)
-
-
 # -- the family descriptor ------------------------------------------------------------------------
 
 
@@ -585,7 +586,7 @@ def _footprint(path: Path, dtype: torch.dtype, seconds: float) -> Footprint:
 def load(req: LoadRequest) -> StableAudio3Model:
     """The service's load path: the checkpoint with the operator's adapters, then the speed settings (threads,
     quantisation, compile), which change the loaded modules and so are part of loading."""
-    model = StableAudio3Model.from_checkpoint(
+    return StableAudio3Model.from_checkpoint(
         req.path,
         name=req.name,
         device=req.device,
@@ -594,9 +595,8 @@ def load(req: LoadRequest) -> StableAudio3Model:
         max_duration=req.settings.max_duration,
         lora_dir=req.settings.lora_dir,
         lora_cache_mb=req.settings.lora_cache_mb,
+        options=SA3Options.from_settings(req.settings),
     )
-    accel.from_settings(model, req.settings)
-    return model
 
 
 FAMILY = Family(
