@@ -82,6 +82,7 @@ def _snapshot(repo_id: str, allow_patterns: list[str] | None = None) -> Path:
 
 
 def is_official_checkpoint(path: Path) -> bool:
+    """Whether `path` is in Stability's format (its `model_config.json` is what the family is recognised by)."""
     return (path / CONFIG_FILE).is_file()
 
 
@@ -112,6 +113,7 @@ def resolve_checkpoint(source: str | Path) -> CheckpointFiles:
 
 
 def read_config(config_path: Path) -> SA3Config:
+    """The typed config, with any read or parse failure turned into one `ModelLoadError` naming the file."""
     try:
         raw = json.loads(config_path.read_text())
     except (OSError, ValueError) as exc:

@@ -44,6 +44,7 @@ class DiTConfig:
 
     @property
     def dim_heads(self) -> int:
+        """Width of one attention head (the config gives the model width and the head count)."""
         return self.embed_dim // self.num_heads
 
 

@@ -105,6 +105,7 @@ def longest_clip(path: Path) -> float:
 
 
 def sa3_capabilities(config: SA3Config) -> Capabilities:
+    """What requests may ask of this checkpoint: inpainting only when its DiT takes local conditioning."""
     return Capabilities(
         audio_to_audio=True,
         init_noise_level=Bound(0.9, 0.01, 1.0),
@@ -304,6 +305,7 @@ class StableAudio3Model(AudioModel[SA3State]):
 
     # -- sizes ---------------------------------------------------------------------------------------------
     def window(self, duration: float) -> sampling.Window:
+        """The request's latent window for a clip of `duration` s (the checkpoint's hop, alignment and padding)."""
         return sampling.window(
             duration,
             sample_rate=self.sample_rate,
@@ -361,6 +363,7 @@ class StableAudio3Model(AudioModel[SA3State]):
 
     @torch.no_grad()
     def start(self, params: GenerationParams) -> SA3State:
+        """What `generate()` does before its sampler loop, in its order of draws (see the module docstring)."""
         duration = float(params.duration)
         if not math.isfinite(duration) or duration <= 0 or duration > self.limits.duration.maximum + 1e-9:
             raise GenerationError(f"duration {duration}s is outside 0-{self.limits.duration.maximum:g}s")
@@ -448,6 +451,7 @@ class StableAudio3Model(AudioModel[SA3State]):
 
     @torch.no_grad()
     def step(self, states: list[SA3State]) -> None:
+        """One ping-pong step for every request in `states`, in one DiT forward (each draws from its own stream)."""
         if not states:
             return
         check_batch(states, mixed_steps=self.mixed_steps)
@@ -537,6 +541,7 @@ class StableAudio3Model(AudioModel[SA3State]):
 
     @torch.no_grad()
     def finish(self, state: SA3State) -> np.ndarray:
+        """The clip as float32 (channels, samples), cut to the duration; the state's tensors are freed."""
         audio = self.decode(state).to(torch.float32).clamp(-1, 1)[0, :, : state.window.output_samples]
         result = to_audio(audio)
         if self.options.keep_inpaint_source and state.inpaint_keep is not None and state.inpaint_source is not None:
@@ -549,6 +554,7 @@ class StableAudio3Model(AudioModel[SA3State]):
         return result
 
     def describe(self) -> dict[str, Any]:
+        """Facts for GET /models that tell operators which structure and sampler this checkpoint runs."""
         return {
             "structure": self.config.structure,
             "format": "official (model_config.json + model.safetensors)",
