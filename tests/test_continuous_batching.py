@@ -1,4 +1,4 @@
-"""Continuous batching (issue 12), deterministically: a request submitted while a batch runs joins it at the next
+"""Continuous batching, deterministically: a request submitted while a batch runs joins it at the next
 step boundary when the model can serve rows at different steps (`mixed_steps`), never overtakes an older queued
 request of another key, respects `max_batch_size`, and leaves the batch as soon as its own steps are done. Gates
 decide the interleavings; nothing depends on timing. The last tests check that on the tiny Stable Audio 3 model a

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 
 from .. import audio as audio_io
-from ..models.base import GenerationError, InvalidRequest
+from ..models.common import GenerationError, InvalidRequest
 from .events import EventHub, terminal_event
 from .jobs import Job, JobResult, JobStatus
 from .store import JobStore
