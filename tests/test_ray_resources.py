@@ -1,4 +1,4 @@
-"""`serve --ray` fits the replicas and the ingress to what Ray has (issue 20): by default they share a local
+"""`serve --ray` fits the replicas and the ingress to what Ray has: by default they share a local
 instance's CPUs; asking for more than the cluster has is refused at once, with the numbers and the flag to
 change, instead of Serve waiting forever to schedule replicas that can never fit."""
 

@@ -331,7 +331,7 @@ def _job_attributes(job, model: Any = None) -> dict[str, Any]:
     if job.client_job_id:
         attrs["stable_audio.client_job_id"] = job.client_job_id
     loras = getattr(p, "loras", ())
-    if loras:  # LoRA (issue 16): "name:strength" in the order applied
+    if loras:  # "name:strength" in the order the adapters are applied
         attrs["stable_audio.loras"] = [f"{r.name}:{r.strength:g}" for r in loras]
     return attrs
 

@@ -1,4 +1,4 @@
-"""`GET /loras` and `POST /loras/reload`: the LoRA adapters the loaded model can apply per request (issue 16).
+"""`GET /loras` and `POST /loras/reload`: the LoRA adapters the loaded model can apply per request.
 
 Every file of the adapter directory is listed, usable or not: a broken or incompatible file shows why (`fits`,
 `problem`) and never stops the service. Shapes are checked against the loaded base when the directory is scanned
