@@ -151,8 +151,10 @@ def test_every_draw_is_the_official_one_in_the_official_order(model, ref, case_n
     log: list[tuple[str, torch.Tensor]] = []
     plain_draw, source_draw = sampling.draw, ae._NoiseSource.draw
 
-    def spy_sampling(generator: torch.Generator, shape: tuple[int, ...]) -> torch.Tensor:
-        out = plain_draw(generator, shape)
+    def spy_sampling(
+        generator: torch.Generator, shape: tuple[int, ...], dtype: torch.dtype = torch.float32
+    ) -> torch.Tensor:
+        out = plain_draw(generator, shape, dtype)
         log.append(("sampler", out.clone()))
         return out
 

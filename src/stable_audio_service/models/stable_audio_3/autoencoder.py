@@ -72,7 +72,8 @@ class _NoiseSource:
         return self.generator is not None or self._replay is not None
 
     def draw(self, like: torch.Tensor) -> torch.Tensor:
-        """A standard-normal tensor shaped like `like`; a CPU generator gives `torch.randn_like`'s CPU stream."""
+        """A standard-normal tensor shaped and typed like `like`; a CPU generator gives `torch.randn_like`'s CPU
+        stream (drawn in `like`'s dtype: ATen's float16 sampler is not always a float32 draw cast)."""
         self.used += 1
         if self._replay is not None:
             noise = next(self._replay, None)
@@ -84,8 +85,8 @@ class _NoiseSource:
                 )
             return noise.to(device=like.device, dtype=like.dtype)
         assert self.generator is not None
-        noise = torch.randn(like.shape, generator=self.generator, dtype=torch.float32, device=self.generator.device)
-        return noise.to(device=like.device, dtype=like.dtype)
+        noise = torch.randn(like.shape, generator=self.generator, dtype=like.dtype, device=self.generator.device)
+        return noise.to(device=like.device)
 
     def finish(self) -> None:
         """Replaying more noises than the decode draws is a caller error (wrong window count or order)."""
@@ -648,13 +649,16 @@ class SameAutoencoder(nn.Module):
             return _NoiseSource()
         noises: list[torch.Tensor] = []
         if self.bottleneck.noise_regularize:
-            full = torch.randn((batch, self.latent_dim, size), generator=generator, device=generator.device)
+            full = torch.randn(
+                (batch, self.latent_dim, size), generator=generator, dtype=self._dtype, device=generator.device
+            )
             noises.append(full[..., c0:c1])
         if block.mask_noise > 0:
             frames = -(-size // block.frame_multiple) * block.frame_multiple  # the block draws for its padding too
             end = frames if c1 == size else c1
             width = block.new_tokens.shape[-1]
-            full = torch.randn((batch * frames, block.out_seg, width), generator=generator, device=generator.device)
+            shape = (batch * frames, block.out_seg, width)
+            full = torch.randn(shape, generator=generator, dtype=self._dtype, device=generator.device)
             noises.append(full.view(batch, frames, block.out_seg, width)[:, c0:end].reshape(-1, block.out_seg, width))
         return _NoiseSource(replay=noises) if noises else _NoiseSource()
 

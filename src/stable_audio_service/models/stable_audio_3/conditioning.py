@@ -101,6 +101,11 @@ class TextConditioner(nn.Module):
     def encoder_device(self) -> torch.device:
         return next(self.encoder.parameters()).device
 
+    @property
+    def encoder_dtype(self) -> torch.dtype:
+        """float32 whatever the model's dtype (see the module docstring), so GET /models can say so."""
+        return next(self.encoder.parameters()).dtype
+
     def load(self, tensors: dict[str, torch.Tensor], prefix: str) -> None:
         key = f"{prefix}padding_embedding"
         if key in tensors:

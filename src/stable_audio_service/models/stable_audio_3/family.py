@@ -158,7 +158,9 @@ def _config_of(files: CheckpointFiles) -> SA3Config:
 
 @dataclass(kw_only=True)
 class SA3State(GenerationState):
-    """One request between steps. Tensors are float32 rows of batch 1 on the model's device."""
+    """One request between steps: rows of batch 1 on the model's device. The conditioning is float32 (the DiT casts
+    it to its weights' dtype); `x`, `denoised` and `noise` are in the dtype the official sampler holds them in: the
+    weights' dtype at the start, float32 once a float32 (guided) velocity has promoted them."""
 
     window: sampling.Window
     generator: torch.Generator
@@ -373,7 +375,8 @@ class StableAudio3Model(AudioModel[SA3State]):
         win = self.window(duration)
         generator = torch.Generator("cpu").manual_seed(int(params.seed))
         latent_shape = (1, self.config.dit.io_channels, win.latent_length)
-        noise = sampling.draw(generator, latent_shape).to(self.device)  # the first draw, as in generate()
+        # The first draw, as in generate(): drawn in float32, then cast to the DiT's dtype (`noise.type(model_dtype)`).
+        noise = sampling.draw(generator, latent_shape).to(device=self.device, dtype=self.torch_dtype)
 
         plan = None  # the request's LoRA adapters: those of the conditioner act on the duration embedding too
         if params.loras:
@@ -402,7 +405,7 @@ class StableAudio3Model(AudioModel[SA3State]):
             level = params.init_noise_level
             sigma_max = float(level if level is not None else self.capabilities.init_noise_level.default)
             init = self._encode_source(params.init_audio, win, generator=generator)
-            x = init * (1 - sigma_max) + noise * sigma_max
+            x = init.to(noise.dtype) * (1 - sigma_max) + noise * sigma_max  # in the latents' dtype, as generate()
 
         local = None
         keep = kept_source = None
@@ -458,7 +461,7 @@ class StableAudio3Model(AudioModel[SA3State]):
         xs, ts, contexts, globals_, locals_, masks = [], [], [], [], [], []
         rows: list[tuple[int, int | None]] = []
         for state in states:
-            t = state.sigmas[:, state.step]
+            t = state.sigmas[:, state.step].to(state.x.dtype)  # the sampler passes t in its latents' dtype
             cond_row = len(xs)
             pairs = [state.context] + ([state.uncond_context] if state.uncond_context is not None else [])
             for context in pairs:  # [cond, uncond], the official batch-2 CFG order
@@ -492,7 +495,7 @@ class StableAudio3Model(AudioModel[SA3State]):
                 groups,
                 context_kv,
                 local_embeds,
-            ).float()
+            )
         for state, (c, u) in zip(states, rows, strict=True):
             i = state.step
             t_curr, t_next = state.sigmas[:, i], state.sigmas[:, i + 1]
@@ -501,7 +504,7 @@ class StableAudio3Model(AudioModel[SA3State]):
                 velocity = sampling.guided_velocity(
                     state.x, t_curr, velocity, out[u : u + 1], state.cfg_scale, state.apg_scale, state.padding_mask
                 )
-            noise = sampling.draw(state.generator, tuple(state.x.shape)).to(state.x.device)
+            noise = sampling.draw(state.generator, tuple(state.x.shape), state.x.dtype).to(state.x.device)
             state.x, state.denoised = sampling.pingpong_step(state.x, velocity, t_curr, t_next, noise)
             state.noise = noise
             state.step += 1
@@ -563,6 +566,8 @@ class StableAudio3Model(AudioModel[SA3State]):
             "latent_hop": self.config.hop,
             "sampler": "ping-pong (Stability's stable_audio_3 generate())",
             "guidance": "APG (apg_scale 1) or vanilla CFG (apg_scale 0), from guidance_scale > 1",
+            # `dtype` is the DiT's, the autoencoder's and the duration conditioner's; T5Gemma keeps its own.
+            "text_encoder_dtype": str(self.text.encoder_dtype).removeprefix("torch."),
         }
 
 

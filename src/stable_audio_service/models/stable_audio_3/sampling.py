@@ -117,9 +117,12 @@ def schedule(steps: int, sigma_max: float, shift: LogSNRShift | IdentityShift, e
     return t
 
 
-def draw(generator: torch.Generator, shape: tuple[int, ...]) -> torch.Tensor:
-    """One draw of the request's stream: float32 on the CPU, so a seed means the same noise on any device."""
-    return torch.randn(shape, generator=generator, dtype=torch.float32)
+def draw(generator: torch.Generator, shape: tuple[int, ...], dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """One draw of the request's stream, on the CPU so a seed means the same noise on any device. `dtype`: the
+    tensor `torch.randn_like` is called on in the official code (the re-noising draw is made in the sampler's
+    dtype: float16 while a half-precision model's latents are float16; ATen's float16 sampler rounds its uniforms
+    to float16 first, so it is not always a float32 draw cast)."""
+    return torch.randn(shape, generator=generator, dtype=dtype)
 
 
 def apg_project(v0: torch.Tensor, v1: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -148,8 +151,14 @@ def guided_velocity(
     apg_scale: float,
     mask: torch.Tensor | None,
 ) -> torch.Tensor:
-    """The velocity `DiffusionTransformer.forward` returns under guidance, from its two rows' raw outputs."""
-    sigma = t.float()[:, None, None]
+    """The velocity `DiffusionTransformer.forward` returns under guidance, from its two rows' raw outputs.
+
+    `x` and `t` are the sampler's latents and sigma. As in the official forward, the guidance works on the DiT's
+    own copy of `x` (cast to the weights' dtype, the outputs' dtype) and on its float32 copy of `t` as the sampler
+    passed it (cast to the latents' dtype first). In float32 both casts do nothing; with half-precision weights
+    the float16 outputs times the float32 sigma make every later term float32, so the velocity is float32."""
+    sigma = t.to(x.dtype).float()[:, None, None]
+    x = x.to(cond_out.dtype)
     cond_denoised = x - cond_out * sigma
     uncond_denoised = x - uncond_out * sigma
     diff = cond_denoised - uncond_denoised
@@ -167,11 +176,21 @@ def guided_velocity(
 def pingpong_step(
     x: torch.Tensor, velocity: torch.Tensor, t_curr: torch.Tensor, t_next: torch.Tensor, noise: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One step of `sample_flow_pingpong` (per-row schedule); returns (next x, denoised)."""
+    """One step of `sample_flow_pingpong` (per-row schedule); returns (next x, denoised).
+
+    The dtypes follow the official expressions: sigmas cast to the latents' dtype, `noise` drawn in it. Float16
+    latents and a float16 velocity (no guidance) give float16 arithmetic, one rounding per operation; a float32
+    (guided) velocity promotes `denoised` and the next latents to float32."""
     t_curr = t_curr.to(x.dtype).view(-1, 1, 1)
-    t_next = t_next.to(x.dtype).view(-1, 1, 1)
     denoised = x - t_curr * velocity
-    return (1 - t_next) * denoised + t_next * noise.to(x.dtype), denoised
+    return renoise(denoised, t_next.to(x.dtype), noise.to(x.dtype)), denoised
+
+
+def renoise(denoised: torch.Tensor, t_next: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """The ping-pong's next latents `(1 - t_next) * denoised + t_next * noise`, with `t_next` (per row) and `noise`
+    in the dtype of the latents they replace (float16 `1 - t_next` rounds to float16 before the product)."""
+    t_next = t_next.view(-1, 1, 1)
+    return (1 - t_next) * denoised + t_next * noise
 
 
 def inpaint_latent_mask(
