@@ -4,7 +4,9 @@ The HTTP layer, the CLI and a Ray replica only submit jobs and await their event
 engine does the rest with one part per concern:
 
 - `jobs.py`       `Job`, `JobResult`, `JobStatus` and the errors callers see (`QueueFull`, `NotAccepting`);
-- `scheduler.py`  the queue and the batching policy, pure (no threads, no clocks);
+- `scheduler.py`  the queue and the batching policy, pure (no threads, no clocks), and the forecast that
+                  admission with deadlines, ETAs and Retry-After rest on;
+- `estimates.py`  the measured costs (seconds per step per batch key and size) and the forecast's types;
 - `worker.py`     the worker thread that calls the model step by step (continuous batching);
 - `encoder.py`    the thread that encodes finished clips to WAV/FLAC/OGG/MP3, bounded;
 - `store.py`      which jobs are kept, and the bounds on finished ones (count, TTL, bytes);
@@ -21,8 +23,14 @@ Memory is bounded by design: `/predict` jobs (`keep=False`) are forgotten when t
 once the model has encoded them (or when the job ends without starting), kept finished jobs are bounded by the
 `JobStore`, and at most `max_batch_size` decoded clips wait for the encoder.
 
-The engine's monotonic clock (queue deadlines, batch windows, the shutdown's grace period) is this module's
-`time.monotonic`, read at each use: a test harness may replace this module's `time` to move it.
+The engine's monotonic clock (queue deadlines, batch windows, the shutdown's grace period, the timing of model
+calls that estimates learn from) is this module's `time.monotonic`, read at each use: a test harness may replace
+this module's `time` to move it, or pass `monotonic=` to one engine.
+
+Time-aware admission: `submit(max_wait_s=...)` gives a job a deadline; the scheduler's forecast refuses at once
+(`WouldMissDeadline`, with the estimate and a Retry-After) a job that would finish after it, and drops one whose
+deadline passes while it is queued. `estimate(job)` (place and ETA), `drain_s()` and `retry_after_s()` read the
+same forecast. `warm_up=True` times one short generation at `start()`, so estimates exist before the first request.
 """
 
 from __future__ import annotations
@@ -39,8 +47,19 @@ from typing import Any
 from .. import audio as audio_io  # noqa: F401  (tests patch `engine.audio_io.encode`, the module the encoder uses)
 from ..models.base import AudioModel, GenerationParams
 from .encoder import ClipEncoder
-from .events import EventHub, progress_event
-from .jobs import TERMINAL, WORKER_LOST, Job, JobResult, JobStatus, NotAccepting, QueueFull
+from .estimates import Forecast, StepTimes
+from .events import EventHub, progress_event, queued_event
+from .jobs import (
+    TERMINAL,
+    WORKER_LOST,
+    Job,
+    JobResult,
+    JobStatus,
+    NotAccepting,
+    QueueFull,
+    Refused,
+    WouldMissDeadline,
+)
 from .outcomes import SHUTTING_DOWN, Outcomes
 from .scheduler import Scheduler
 from .store import JobStore
@@ -56,10 +75,15 @@ __all__ = [
     "JobStore",
     "NotAccepting",
     "QueueFull",
+    "Refused",
     "Scheduler",
+    "StepTimes",
+    "WouldMissDeadline",
 ]
 
 log = logging.getLogger("stable_audio_service.engine")
+# Forward passes timed by the start-up warm-up; the first one is not counted (lazy initialisation).
+WARM_UP_STEPS = 3
 
 
 class _Setting:
@@ -100,12 +124,19 @@ class Engine:
         on_fatal: Callable[[str], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
         encode_workers: int = 1,
+        monotonic: Callable[[], float] | None = None,
+        warm_up: bool = False,
     ) -> None:
         """`observer(what, job, info)` hears of submitted, batch, done, failed and cancelled (telemetry).
         `on_fatal(reason)` is called once, from the dying worker (or the janitor), after every queued and
         running job was failed; it should make the process exit non-zero. `clock` times the finished-job TTL
-        (tests inject a fake one). `encode_workers`: threads that encode finished clips beside the worker."""
+        (tests inject a fake one). `encode_workers`: threads that encode finished clips beside the worker.
+        `monotonic`: the engine's clock (see the module docstring), for tests that move time by hand. `warm_up`:
+        `start()` first times one short generation at the model's defaults, so the first caller with a deadline
+        is judged on a measured speed (the service does; tests and the CLI, which need no estimate, do not)."""
         self.model = model
+        self._monotonic = monotonic
+        self.warm_up = warm_up
         self.prune_interval_s = prune_interval_s
         self.observer = observer
         self.on_fatal = on_fatal
@@ -123,8 +154,8 @@ class Engine:
             self._cond,
             workers=encode_workers,
             max_waiting=max_batch_size,
-            done=self.outcomes.done,
-            failed=self.outcomes.fail_for,
+            done=self._delivered,
+            failed=self._encode_failed,
         )
         self._worker = Worker(
             model,
@@ -146,6 +177,8 @@ class Engine:
 
     # -- lifecycle -------------------------------------------------------------------
     def start(self) -> None:
+        if self.warm_up:
+            self._warm_up()
         self._thread = threading.Thread(target=self._worker.run, name="stable-audio-engine", daemon=True)
         self._thread.start()
         self._janitor = threading.Thread(target=self._janitor_loop, name="stable-audio-janitor", daemon=True)
@@ -247,15 +280,25 @@ class Engine:
         client_job_id: str | None = None,
         context: Any = None,
         keep: bool = True,
+        max_wait_s: float | None = None,
     ) -> Job:
         """Queue a generation. `keep=False` (for callers that wait for the result themselves, like
         `/predict`): the engine forgets the job as soon as it ends, so its result lives only as long
-        as the caller's reference; `get()` finds it only while it is queued or running."""
+        as the caller's reference; `get()` finds it only while it is queued or running.
+
+        `max_wait_s`: the caller waits this long for the result, no longer. A job estimated to finish later is
+        refused at once (`WouldMissDeadline`, a `NotAccepting`), as is one whose admission would make an accepted
+        job miss its deadline; a job whose deadline passes while queued is failed (503) instead of run. Every
+        refusal carries `retry_after_s` from the estimate; `QueueFull` at capacity."""
+        if max_wait_s is not None and not max_wait_s > 0:
+            raise ValueError("max_wait_s must be positive")
+        price_key = self._worker.price_key(params)  # the model's code, outside the lock
         with self._cond:
             if not self.accepting:
                 if self._fatal is not None:
                     raise NotAccepting(WORKER_LOST)
-                raise NotAccepting("the engine is not accepting work (shutting down)")
+                raise NotAccepting("the engine is not accepting work (shutting down)", self._retry_after())
+            now = self._now()
             job = Job(
                 id=uuid.uuid4().hex,
                 params=params,
@@ -263,13 +306,18 @@ class Engine:
                 client_job_id=client_job_id,
                 context=context,
                 keep=keep,
+                max_wait_s=max_wait_s,
+                deadline_at=None if max_wait_s is None else now + max_wait_s,
             )
-            position = self.scheduler.admit(job, self._now())  # QueueFull at capacity
+            position = self.scheduler.admit(  # QueueFull at capacity, WouldMissDeadline past the deadline
+                job, now, price_key=price_key, running=self._worker.snapshot(), mixed_steps=self.model.mixed_steps
+            )
             if params.seed is None:
                 params.seed = secrets.randbelow(2**32)
             self.store.add(job)
+            self._worker.stamp()
             self._cond.notify_all()
-        self.hub.publish(job, {"type": "queued", "position": position})
+        self.hub.publish(job, queued_event(job, position))
         self._observe("submitted", job)
         return job
 
@@ -292,6 +340,38 @@ class Engine:
     def queue_depth(self) -> int:
         with self._cond:
             return len(self.scheduler)
+
+    # -- estimates -------------------------------------------------------------------
+    def estimate(self, job: Job) -> tuple[int | None, float | None]:
+        """(`job`'s place in the queue or None, its estimated seconds to the result or None), as of now; every
+        queued and running job's `position` and `eta_s` are refreshed on the way."""
+        with self._cond:
+            if job.ended:
+                return None, None
+            return self.scheduler.position(job), self._worker.stamp().eta(job.id)
+
+    def forecast(self) -> Forecast:
+        """When each queued and running job starts and finishes, in the engine clock (see `Scheduler.forecast`)."""
+        with self._cond:
+            return self._worker.forecast()
+
+    def drain_s(self) -> float | None:
+        """Estimated seconds until everything queued and running now is done (0 when idle); None before anything
+        was measured (or when part of the work is priced by no measurement at all)."""
+        with self._cond:
+            fc = self._worker.forecast()
+            if not self.scheduler.costs.known or fc.guessed:
+                return None
+            return fc.drain_s()
+
+    def retry_after_s(self) -> float:
+        """Seconds until a new request could be queued (the queue's head starts) or, with nothing queued, until
+        the running work is done; at least 1. What a 429 or 503 says when no job-specific estimate applies."""
+        with self._cond:
+            return self._retry_after()
+
+    def _retry_after(self) -> float:
+        return self.scheduler.retry_after(self._now(), self._worker.snapshot(), mixed_steps=self.model.mixed_steps)
 
     def running_count(self) -> int:
         """Jobs started and not ended: denoising, decoding, or waiting for the audio encoder."""
@@ -341,6 +421,8 @@ class Engine:
     def subscribe(self, job: Job) -> asyncio.Queue:
         """An asyncio queue of this job's events, starting with a snapshot of its state."""
         with self._cond:
+            if not job.ended:
+                self._worker.stamp()  # the first event carries a fresh estimate
             return self.hub.subscribe(job, progress_event(job, self.scheduler.position(job)))
 
     def unsubscribe(self, job: Job, queue: asyncio.Queue) -> None:
@@ -361,10 +443,37 @@ class Engine:
     def _in_flight(self) -> bool:
         return bool(len(self.scheduler) or self._worker.running or self.encoder.jobs)
 
-    @staticmethod
-    def _now() -> float:
+    def _now(self) -> float:
         """The engine's monotonic clock (see the module docstring)."""
-        return time.monotonic()
+        return self._monotonic() if self._monotonic is not None else time.monotonic()
+
+    def _warm_up(self) -> None:
+        """Time one short generation at the model's default parameters (see `Worker.warm_up`)."""
+        limits = self.model.limits
+        params = GenerationParams(
+            prompt="warm-up",
+            duration=float(limits.duration.default),
+            guidance_scale=float(limits.guidance_scale.default),
+            num_inference_steps=int(limits.num_inference_steps.default),
+            seed=0,
+        )
+        try:
+            self._worker.warm_up(params, WARM_UP_STEPS)
+        except Exception:
+            log.warning("the estimate warm-up failed; estimates start with the first request", exc_info=True)
+
+    def _delivered(self, job: Job, result: JobResult) -> None:
+        """The encoder delivered `job`'s file: learn the tail (decode to delivery), then end the job."""
+        with self._cond:
+            decoded_at = self._worker.decoded_at.pop(job.id, None)
+            if decoded_at is not None:
+                self.scheduler.costs.observe_tail(self._now() - decoded_at)
+        self.outcomes.done(job, result)
+
+    def _encode_failed(self, job: Job, exc: BaseException) -> None:
+        with self._cond:
+            self._worker.decoded_at.pop(job.id, None)
+        self.outcomes.fail_for(job, exc)
 
     def _observe(self, what: str, job: Job, **info: Any) -> None:
         if self.observer is not None:

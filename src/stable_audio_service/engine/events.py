@@ -5,8 +5,10 @@ waiting for its job, the CLI's progress bar), each on its own loop. A subscriber
 starts with a snapshot of the job (so joining late loses nothing that matters), then every later event,
 delivered with `loop.call_soon_threadsafe`; a terminal event is the last one and ends the subscription.
 
-Event shapes: `{"type": "queued", "position"}`, `{"type": "step", "step", "total"}`, then one of
-`{"type": "done", "timings"}`, `{"type": "cancelled"}`, `{"type": "failed", "error", "status"}`.
+Event shapes: `{"type": "queued", "position", "eta_s"}`, `{"type": "step", "step", "total", "eta_s"}`, then one of
+`{"type": "done", "timings"}`, `{"type": "cancelled"}`, `{"type": "failed", "error", "status"}` (with
+`retry_after_s` when a 503 says when to retry). `eta_s` is the estimated seconds to the result (null while the
+engine has no measured speed yet).
 """
 
 from __future__ import annotations
@@ -26,16 +28,31 @@ def terminal_event(job: Job) -> dict[str, Any]:
         return {"type": "done", "timings": dict(job.timings)}
     if job.status == JobStatus.cancelled:
         return {"type": "cancelled"}
-    return {"type": "failed", "error": job.error, "status": job.error_status}
+    event: dict[str, Any] = {"type": "failed", "error": job.error, "status": job.error_status}
+    if job.retry_after_s is not None and job.error_status == 503:
+        event["retry_after_s"] = job.retry_after_s
+    return event
 
 
 def progress_event(job: Job, position: int | None) -> dict[str, Any]:
     """Where `job` stands now, as the event a new subscriber starts with (`position`: its place if queued)."""
     if job.status == JobStatus.queued:
-        return {"type": "queued", "position": position}
+        return queued_event(job, position)
     if job.status == JobStatus.running:
-        return {"type": "step", "step": job.step, "total": job.total_steps}
+        return {"type": "step", "step": job.step, "total": job.total_steps, "eta_s": eta(job)}
     return terminal_event(job)
+
+
+def queued_event(job: Job, position: int | None) -> dict[str, Any]:
+    """A queued job's place and ETA; the engine refreshes `job.eta_s` right before it publishes one."""
+    return {"type": "queued", "position": position, "eta_s": None if job.eta_s is None else round(job.eta_s, 2)}
+
+
+def eta(job: Job) -> float | None:
+    """The job's estimated seconds to its result as of now (its last estimate, aged), rounded for a display; None
+    without an estimate."""
+    remaining = job.remaining_s()
+    return None if remaining is None else round(remaining, 2)
 
 
 class EventHub:
@@ -81,4 +98,4 @@ class EventHub:
     def publish_positions(self, waiting: list[Job]) -> None:
         """Tell every queued job its place (`waiting` in queue order) after the queue moved."""
         for pos, job in enumerate(waiting, start=1):
-            self.publish(job, {"type": "queued", "position": pos})
+            self.publish(job, queued_event(job, pos))

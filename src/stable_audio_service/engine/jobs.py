@@ -31,12 +31,49 @@ class JobStatus(StrEnum):
 TERMINAL = {JobStatus.done, JobStatus.failed, JobStatus.cancelled}
 
 
-class QueueFull(RuntimeError):
+class Refused(RuntimeError):
+    """The engine did not take a job. `retry_after_s`: when a retry may succeed, from the engine's wait estimate
+    (None when it has none), so that `Retry-After` tells the caller something true rather than a constant."""
+
+    def __init__(self, message: str, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class QueueFull(Refused):
     """The queue is at capacity; the caller should retry later (HTTP 429)."""
 
 
-class NotAccepting(RuntimeError):
+class NotAccepting(Refused):
     """The engine is shutting down, has no model, or its worker died (HTTP 503)."""
+
+
+class WouldMissDeadline(NotAccepting):
+    """Refused at once because the estimated finish is past a deadline (HTTP 503): a caller with a deadline is
+    better served by an immediate answer than by a result that comes after it stopped waiting, and a job already
+    accepted must not be made late by a newcomer.
+
+    `estimate_s`: seconds from submission to the estimated finish; `max_wait_s`: the caller's deadline (None when
+    the refusal protects other jobs' deadlines); `retry_after_s`: when the same request would be estimated to make
+    it; `alone_s`: what the request costs on an idle engine (above `max_wait_s`, no retry can succeed)."""
+
+    def __init__(
+        self, message: str, *, estimate_s: float, max_wait_s: float | None, retry_after_s: float, alone_s: float
+    ) -> None:
+        super().__init__(message, retry_after_s)
+        self.estimate_s = estimate_s
+        self.max_wait_s = max_wait_s
+        self.alone_s = alone_s
+
+    def detail(self) -> dict[str, Any]:
+        """The refusal as data, for an HTTP body."""
+        return {
+            "message": str(self),
+            "estimate_s": round(self.estimate_s, 3),
+            "max_wait_s": self.max_wait_s,
+            "retry_after_s": self.retry_after_s,
+            "alone_s": round(self.alone_s, 3),
+        }
 
 
 @dataclass
@@ -72,6 +109,13 @@ class Job:
     batch_size: int = 0
     cancel_requested: bool = False
     cancel_reason: str | None = None  # set when the service (not the client) stops the job
+    # -- the caller's deadline and the engine's estimates (refreshed whenever the engine forecasts)
+    max_wait_s: float | None = None  # seconds from submission the caller waits for the result; None: no deadline
+    deadline_at: float | None = None  # that deadline in the engine's monotonic clock (set by the engine)
+    position: int | None = None  # 1-based place in the queue while queued
+    eta_s: float | None = None  # estimated seconds from `estimated_at` (wall clock) to the finish
+    estimated_at: float | None = None
+    retry_after_s: float | None = None  # with a 503 failure: when a retry may succeed, from the estimate
     # -- timing: wall-clock seconds, and per-phase durations and spans
     created: float = field(default_factory=time.time)
     started: float | None = None
@@ -89,6 +133,13 @@ class Job:
     def phase(self, name: str, start_ns: int, end_ns: int, **attrs: Any) -> None:
         self.phases.append((name, start_ns, end_ns, attrs))
         self.timings[f"{name}_s"] = round((end_ns - start_ns) / 1e9, 4)
+
+    def remaining_s(self, now: float | None = None) -> float | None:
+        """The estimated seconds left until the finish, as of `now` (wall clock; default: this moment): the last
+        forecast aged by the time since it was made, so a reader between forecasts still sees it count down."""
+        if self.eta_s is None or self.estimated_at is None:
+            return None
+        return max(0.0, self.eta_s - ((time.time() if now is None else now) - self.estimated_at))
 
     @property
     def ended(self) -> bool:
@@ -109,4 +160,10 @@ class Job:
             "finished": self.finished,
             "timings": dict(self.timings),
             "error": self.error,
+            "position": self.position if self.status == JobStatus.queued else None,
+            "eta_s": None if self.ended else _rounded(self.remaining_s()),
         }
+
+
+def _rounded(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds, 2)

@@ -15,18 +15,28 @@ tested on plain data; the worker (`worker.py`) owns the waiting and the model ca
 
 Both selections are one routine (`_select`); only whether a job of another key may be overtaken differs.
 
-The scheduler also knows every queued job's place, deadline and key, and when the forming batch will go: the
-place for wait estimates, ETAs and deadline-aware choices (e.g. a per-(model, batch shape) step time learned
-from the worker's forward passes) to live when they are built.
+Because it knows every queued job's place, deadline and key, and when the forming batch will go, the scheduler
+also says how long things will take: `forecast` replays the rules above over the step times the worker measured
+(`estimates.StepTimes`), from the running batch as the worker reports it (`estimates.RunningBatch`), joining at
+step boundaries included. On that forecast rests admission with caller deadlines:
+
+- `admit` refuses at once (`WouldMissDeadline`) a job whose estimated finish is past its caller's deadline, or
+  whose admission would push a job already accepted past its own (joining a batch makes the batch's steps
+  slower); a full queue is `QueueFull`. Both carry a `retry_after_s` from the forecast;
+- `expire` drops queued jobs whose deadline passed, and those that could no longer make it even if they started
+  now, alone: they are answered at once instead of run for a caller who has given up. A running job is never
+  dropped (it finishes; a client that left cancels it).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 
 from ..models.base import GenerationParams
-from .jobs import Job, QueueFull
+from .estimates import Forecast, RunningBatch, StepTimes
+from .jobs import Job, QueueFull, WouldMissDeadline
 
 
 @dataclass
@@ -34,8 +44,33 @@ class Ticket:
     """A queued job as the scheduler sees it."""
 
     job: Job
-    deadline: float  # the `now` clock's time after which it is answered 503 instead of run
+    deadline: float  # the `now` clock's time after which it is answered 503 instead of run (queue timeout)
     key: Hashable | None = None  # the model's batch key, computed lazily by `assign_keys`
+    # The batch key as computed at admission, only to price the job: `key` stays the worker's to compute, so
+    # that a key that cannot be computed is judged by the worker's rules (a failed job, or a dead worker).
+    price_key: Hashable | None = None
+
+    @property
+    def priced_as(self) -> Hashable:
+        """The key to price the job by; a job whose key is unknown is a batch of its own."""
+        if self.key is not None:
+            return self.key
+        if self.price_key is not None:
+            return self.price_key
+        return ("unpriced", self.job.id)
+
+
+@dataclass(frozen=True)
+class Expired:
+    """A queued job dropped by `expire`, and why (the failure's message)."""
+
+    job: Job
+    reason: str
+
+
+def _retry_s(seconds: float) -> float:
+    """A Retry-After in whole seconds, at least one (the header has no fractions, and 0 invites a busy loop)."""
+    return float(max(1, math.ceil(seconds - 1e-9)))
 
 
 @dataclass(frozen=True)
@@ -66,16 +101,88 @@ class Scheduler:
         self.queue_size = queue_size
         self.queue_timeout_s = queue_timeout_s
         self.batch_wait_s = batch_wait_s
+        self.costs = StepTimes()  # the worker's measurements; priced by `forecast`
         self._queue: list[Ticket] = []
         self._forming: tuple[Hashable, float] | None = None  # (key, send-by time) of the batch being formed
 
     # -- the queue -------------------------------------------------------------------
-    def admit(self, job: Job, now: float) -> int:
-        """Queue `job` last; returns its 1-based position. Raises `QueueFull` at capacity."""
+    def admit(
+        self,
+        job: Job,
+        now: float,
+        *,
+        price_key: Hashable | None = None,
+        running: RunningBatch | None = None,
+        mixed_steps: bool = False,
+    ) -> int:
+        """Queue `job` last; returns its 1-based position. `job.deadline_at` (the caller's deadline in the `now`
+        clock; None: none) is held against the forecast: `WouldMissDeadline` when the job would finish after it,
+        or when taking it would make a job already accepted miss its own. `price_key`: the job's batch key, to
+        price it (see `Ticket.price_key`); `running`: what the worker is doing. Raises `QueueFull` at capacity."""
         if len(self._queue) >= self.queue_size:
-            raise QueueFull(f"queue full ({self.queue_size} waiting)")
-        self._queue.append(Ticket(job, deadline=now + self.queue_timeout_s))
+            head = self._forecast(now, running, mixed_steps).start_in(self._queue[0].job.id)
+            raise QueueFull(f"queue full ({self.queue_size} waiting)", _retry_s(head or 0.0))
+        ticket = Ticket(job, deadline=now + self.queue_timeout_s, price_key=price_key)
+        if not self.costs.known or not (job.deadline_at is not None or self._deadlines(running)):
+            self._queue.append(ticket)  # nothing to judge by, or nobody's deadline at stake
+            return len(self._queue)
+        before = self._forecast(now, running, mixed_steps)
+        self._queue.append(ticket)
+        after = self._forecast(now, running, mixed_steps)
+        refusal = self._judge(job, ticket, now, before, after, running)
+        if refusal is not None:
+            self._queue.remove(ticket)
+            raise refusal
         return len(self._queue)
+
+    def _judge(
+        self, job: Job, ticket: Ticket, now: float, before: Forecast, after: Forecast, running: RunningBatch | None
+    ) -> WouldMissDeadline | None:
+        """Why `job` (just appended) must be refused, or None. Only measured estimates refuse: a time resting on
+        a cost never measured is a lower bound, and refusing on it would refuse work nobody has priced."""
+        finish = after.finishes.get(job.id)
+        estimate = (finish - now) if finish is not None else 0.0
+        alone = self.costs.alone(ticket.priced_as, job.params.num_inference_steps) or 0.0
+        if job.deadline_at is not None and finish is not None and finish > job.deadline_at:
+            retry = _retry_s(finish - job.deadline_at)
+            if alone > (job.max_wait_s or 0.0):
+                hint = f"even on an idle server it needs about {alone:.1f} s: raise max_wait_s or ask for less"
+            else:
+                hint = f"retry in about {retry:.0f} s"
+            return WouldMissDeadline(
+                f"refused: estimated to finish in {estimate:.1f} s, after its deadline of {job.max_wait_s:g} s; "
+                + hint,
+                estimate_s=estimate,
+                max_wait_s=job.max_wait_s,
+                retry_after_s=retry,
+                alone_s=alone,
+            )
+        victims = [
+            jid
+            for jid, at in self._deadlines(running).items()
+            if jid != job.id
+            and jid not in after.guessed
+            and before.finishes.get(jid, math.inf) <= at < after.finishes.get(jid, -math.inf)
+        ]
+        if victims:
+            # a retry can succeed once the first of them is done and its batch has room again
+            retry = _retry_s(min(before.finishes[jid] for jid in victims) - now)
+            return WouldMissDeadline(
+                f"refused: taking it would make {len(victims)} accepted job(s) miss their deadline; retry in about "
+                f"{retry:.0f} s",
+                estimate_s=estimate,
+                max_wait_s=job.max_wait_s,
+                retry_after_s=retry,
+                alone_s=alone,
+            )
+        return None
+
+    def _deadlines(self, running: RunningBatch | None) -> dict[str, float]:
+        """Job id -> caller's deadline, for every queued or running job that has one."""
+        out = {t.job.id: t.job.deadline_at for t in self._queue if t.job.deadline_at is not None}
+        if running is not None:
+            out.update({r.job_id: r.deadline for r in running.rows if r.deadline is not None})
+        return out
 
     def withdraw(self, job: Job) -> bool:
         """Take `job` out of the queue (cancelled); False when it was not queued."""
@@ -112,12 +219,32 @@ class Scheduler:
         return ticket.deadline if ticket is not None else None
 
     # -- housekeeping ----------------------------------------------------------------
-    def expire(self, now: float) -> list[Job]:
-        """Remove and return the jobs whose deadline has come."""
-        expired = [t for t in self._queue if t.deadline <= now]
-        for ticket in expired:
-            self._queue.remove(ticket)
-        return [t.job for t in expired]
+    def expire(self, now: float) -> list[Expired]:
+        """Remove and return the jobs that must not run: queued past the queue timeout, past their caller's
+        deadline, or unable to make that deadline even if they started now, alone (by the measured costs)."""
+        expired: list[Expired] = []
+        for ticket in list(self._queue):
+            reason = self._expiry(ticket, now)
+            if reason is not None:
+                self._queue.remove(ticket)
+                expired.append(Expired(ticket.job, reason))
+        return expired
+
+    def _expiry(self, ticket: Ticket, now: float) -> str | None:
+        if ticket.deadline <= now:
+            return f"waited in the queue longer than {self.queue_timeout_s:g}s"
+        job = ticket.job
+        if job.deadline_at is None:
+            return None
+        if job.deadline_at <= now:
+            return f"not run: its deadline (max_wait_s={job.max_wait_s:g}) passed while it was queued"
+        alone = self.costs.alone(ticket.priced_as, job.params.num_inference_steps)
+        if alone is not None and now + alone > job.deadline_at:
+            return (
+                f"not run: it could no longer finish within its deadline (max_wait_s={job.max_wait_s:g}): about "
+                f"{alone:.1f} s of work, {job.deadline_at - now:.1f} s left"
+            )
+        return None
 
     def assign_keys(self, key_of: Callable[[GenerationParams], Hashable]) -> list[tuple[Job, Exception]]:
         """Give every queued job without one its batch key; a job whose key cannot be computed leaves the queue
@@ -156,19 +283,158 @@ class Scheduler:
         return self._select(key, room, overtake=False)
 
     def _select(self, key: Hashable, room: int, *, overtake: bool) -> list[Job]:
-        """Up to `room` queued jobs of `key` in queue order, removed from the queue. `overtake`: a job of another
-        key is passed over; otherwise selection stops there."""
-        chosen: list[Ticket] = []
-        for ticket in self._queue:
-            if len(chosen) >= room:
-                break
-            if ticket.key == key:
-                chosen.append(ticket)
-            elif not overtake:
-                break
-        for ticket in chosen:
-            self._queue.remove(ticket)
-        return [t.job for t in chosen]
+        """Up to `room` queued jobs of `key` in queue order, removed from the queue (see `_take`)."""
+        return [t.job for t in _take(self._queue, lambda t: t.key, key, room, overtake=overtake)]
+
+    # -- forecasts -------------------------------------------------------------------
+    def forecast(self, now: float, running: RunningBatch | None = None, *, mixed_steps: bool = False) -> Forecast:
+        """When every queued and running job starts and finishes, by the measured costs (see the module
+        docstring). `running`: the worker's batch; `mixed_steps`: queued jobs may join it at step boundaries."""
+        return self._forecast(now, running, mixed_steps)
+
+    def retry_after(
+        self,
+        now: float,
+        running: RunningBatch | None = None,
+        *,
+        mixed_steps: bool = False,
+        job: Job | None = None,
+        price_key: Hashable | None = None,
+    ) -> float:
+        """Seconds until a retry may succeed, at least 1. With `job` (not queued; e.g. just dropped for its
+        deadline, priced by `price_key`): until a job like it, queued last, would be estimated to finish within
+        its `max_wait_s`. Without: until the queue's head starts (a place in the queue frees), or the running work
+        is done."""
+        fc = self._forecast(now, running, mixed_steps)
+        if job is not None and job.max_wait_s is not None and self.costs.known:
+            phantom = Ticket(job, deadline=math.inf, price_key=price_key)
+            self._queue.append(phantom)
+            try:
+                finish = self._forecast(now, running, mixed_steps).finishes.get(job.id)
+            finally:
+                self._queue.remove(phantom)
+            if finish is not None:
+                return _retry_s(finish - (now + job.max_wait_s))
+        if self._queue:
+            return _retry_s(fc.start_in(self._queue[0].job.id) or 0.0)
+        return _retry_s(fc.drain_s())
+
+    def _forecast(self, now: float, running: RunningBatch | None, mixed_steps: bool) -> Forecast:
+        """Replay the batching policy over the measured costs. Between two events (a row finishing its steps,
+        a batch forming) every step of a batch costs the same, so it jumps from event to event: the cost is
+        linear in the number of jobs, not in their steps."""
+        costs = self.costs
+        fc = Forecast(now=now, drain_at=now)
+        blind = False
+
+        def price(seconds: float | None) -> float:
+            nonlocal blind
+            if seconds is None:
+                blind = True
+                return 0.0
+            return seconds
+
+        def finished(job_id: str, at: float) -> None:
+            fc.finishes[job_id] = at + costs.tail()
+            if blind:
+                fc.guessed.add(job_id)
+            fc.drain_at = max(fc.drain_at, fc.finishes[job_id])
+
+        def started(job_id: str, at: float) -> None:
+            fc.starts[job_id] = at
+            if blind:
+                fc.guessed.add(job_id)
+
+        queue = list(self._queue)
+        rows: list[list] = []  # [job id, steps left, started]
+        key: Hashable = None
+        t = now
+        if running is not None:
+            key = running.key
+            for job_id in running.encoding:
+                finished(job_id, now)
+            rows = [[r.job_id, r.steps_left, r.started] for r in running.rows]
+            for row in rows:
+                started(row[0], now)
+            call = running.call
+            if call is not None:
+                if call.kind == "step":
+                    need = price(costs.step(key, max(1, call.rows)))
+                elif call.kind == "start":
+                    need = price(costs.start(key))
+                else:
+                    need = price(costs.finish(key))
+                t = now + max(0.0, need - (now - call.since))
+                if call.kind == "step":
+                    for row in rows:
+                        if row[2] and row[1] > 0:
+                            row[1] -= 1
+                elif call.kind == "start":
+                    for row in rows:
+                        if row[0] == call.job_id:
+                            row[2] = True
+                else:
+                    for row in rows:
+                        if row[0] == call.job_id:
+                            finished(row[0], t)
+                    rows = [row for row in rows if row[0] != call.job_id]
+        forming = self._forming
+        while True:
+            # a step boundary: the rows that did their last step are decoded, in batch order
+            for row in rows:
+                if row[2] and row[1] <= 0:
+                    t += price(costs.finish(key))
+                    finished(row[0], t)
+            rows = [row for row in rows if not (row[2] and row[1] <= 0)]
+            if rows and mixed_steps:
+                for ticket in _take(queue, _priced_as, key, self.max_batch_size - len(rows), overtake=False):
+                    rows.append([ticket.job.id, ticket.job.params.num_inference_steps, False])
+                    started(ticket.job.id, t)
+            if not rows:
+                if not queue:
+                    break
+                key = queue[0].priced_as
+                if sum(1 for tk in queue if tk.priced_as == key) < self.max_batch_size:
+                    # the window for batch mates: what is left of one already open, else a whole one
+                    t = max(t, forming[1]) if forming is not None and forming[0] == key else t + self.batch_wait_s
+                forming = None
+                for ticket in _take(queue, _priced_as, key, self.max_batch_size, overtake=True):
+                    rows.append([ticket.job.id, ticket.job.params.num_inference_steps, False])
+                    started(ticket.job.id, t)
+            for row in rows:  # model.start of each new row, one after another, before the next step
+                if not row[2]:
+                    t += price(costs.start(key))
+                    row[2] = True
+            stepping = [row for row in rows if row[1] > 0]
+            if stepping:
+                jump = min(row[1] for row in stepping)
+                t += jump * price(costs.step(key, len(stepping)))
+                for row in stepping:
+                    row[1] -= jump
+        return fc
 
     def _ticket(self, job: Job) -> Ticket | None:
         return next((t for t in self._queue if t.job is job), None)
+
+
+def _take(
+    queue: list[Ticket], key_of: Callable[[Ticket], Hashable], key: Hashable, room: int, *, overtake: bool
+) -> list[Ticket]:
+    """Up to `room` tickets of `key` (by `key_of`) in queue order, removed from `queue`. `overtake`: a ticket of
+    another key is passed over; otherwise selection stops there. The one selection rule, for the real queue and
+    for the forecast's copy of it."""
+    chosen: list[Ticket] = []
+    for ticket in queue:
+        if len(chosen) >= room:
+            break
+        if key_of(ticket) == key:
+            chosen.append(ticket)
+        elif not overtake:
+            break
+    for ticket in chosen:
+        queue.remove(ticket)
+    return chosen
+
+
+def _priced_as(ticket: Ticket) -> Hashable:
+    return ticket.priced_as

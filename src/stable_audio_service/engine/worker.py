@@ -8,6 +8,11 @@ its steps is decoded and leaves at once (its clip goes to the `ClipEncoder`), an
 
 The loop cannot fail silently: an error a batch raises fails that batch and the loop goes on; anything else
 (a `BaseException`, or an error outside a batch) ends the loop and is reported through `on_death`.
+
+It is also where time is measured: every `start`, `step` and `finish` is timed on the engine's clock and fed to
+the scheduler's `StepTimes`, and `snapshot()` tells a forecast which call is in progress since when. Whenever
+the queue moves, and at most every `ETA_REFRESH_S` while steps run, every queued and running job's estimate is
+refreshed (`stamp`) and queued jobs hear their place and ETA.
 """
 
 from __future__ import annotations
@@ -19,15 +24,19 @@ from collections.abc import Callable, Hashable
 
 from ..models.base import AudioModel, GenerationParams, GenerationState
 from .encoder import ClipEncoder
-from .events import EventHub
+from .estimates import Call, Forecast, Row, RunningBatch
+from .events import EventHub, eta
 from .jobs import Job, JobStatus
 from .outcomes import SHUTTING_DOWN, Outcomes
-from .scheduler import Scheduler
+from .scheduler import Expired, Scheduler
 
 log = logging.getLogger("stable_audio_service.engine")
 
 # A request in the running batch: (job, its state, time.time_ns() when its denoising began).
 Active = tuple[Job, GenerationState, int]
+# While steps run, queued jobs' ETAs are re-published at most this often (seconds of the engine clock): often
+# enough for a countdown, rarely enough to cost nothing next to a step.
+ETA_REFRESH_S = 1.0
 
 
 class Worker:
@@ -57,6 +66,10 @@ class Worker:
         self._observe = observe
         self._on_death = on_death
         self.running: list[Job] = []  # started and not yet decoded
+        self.key: Hashable = None  # the running batch's key
+        self.call: Call | None = None  # the model call in progress (set and cleared by this thread)
+        self.decoded_at: dict[str, float] = {}  # job id -> clock when its decode ended (for the encoder's tail)
+        self._stamped_at = -float("inf")
         self.stopping = False  # take no new batch once the queue is empty (shutdown)
         self.hurry = False  # stop waiting for batch mates (the engine no longer accepts work)
         self.stats = {
@@ -106,6 +119,7 @@ class Worker:
                 return None
             expired = sched.expire(self._clock())
             broken = sched.assign_keys(self._key_of)
+            self._price_expired(expired)
         self._fail_expired(expired)
         self._fail_broken(broken)
         if broken:
@@ -122,7 +136,9 @@ class Worker:
             for job in batch:
                 job.batch_size = len(batch)
             self.running = list(batch)
+            self.key = plan.key
             waiting = sched.queued()
+            self.stamp()
         self._fail_broken(broken)
         self.hub.publish_positions(waiting)
         return batch, plan.key
@@ -133,7 +149,7 @@ class Worker:
         self.stats["batches"] += 1
         self._observe("batch", batch[0], size=len(batch))
         active: list[Active] = []
-        self._start_jobs(batch, active)
+        self._start_jobs(batch, active, key)
         while active:
             keep = []
             for job, state, t0 in active:
@@ -145,26 +161,40 @@ class Worker:
             active = keep
             stepping = [entry for entry in active if not entry[1].finished]
             if stepping:
+                t0 = self._clock()
+                self.call = Call("step", t0, rows=len(stepping))
                 try:
                     model.step([s for _, s, _ in stepping])
                     self.stats["forward_passes"] += 1
                 except Exception as exc:
+                    self.call = None
                     for job, state, _ in active:
                         self.outcomes.fail_for(job, exc)
                         self._release_state(state)
                     active = []
                     break
+                with self._cond:
+                    self.call = None
+                    self.scheduler.costs.observe_step(key, len(stepping), self._clock() - t0)
+                    for job, state, _ in stepping:
+                        job.step = state.step
+                    if self._clock() - self._stamped_at >= ETA_REFRESH_S:
+                        self.stamp()
+                        waiting = self.scheduler.queued()
+                    else:
+                        waiting = []
                 for job, state, _ in stepping:
-                    job.step = state.step
-                    self.hub.publish(job, {"type": "step", "step": state.step, "total": state.total_steps})
+                    event = {"type": "step", "step": state.step, "total": state.total_steps, "eta_s": eta(job)}
+                    self.hub.publish(job, event)
+                self.hub.publish_positions(waiting)
                 self._sweep_expired()
             done = [entry for entry in active if entry[1].finished]
             active = [entry for entry in active if not entry[1].finished]
-            self._finish_jobs(done)
+            self._finish_jobs(done, key)
             if active and model.mixed_steps:
                 joining = self._take_joiners(key, self.scheduler.max_batch_size - len(active))
                 if joining:
-                    self._start_jobs(joining, active)
+                    self._start_jobs(joining, active, key)
                     size = len(active)
                     for job, _, _ in active:
                         job.batch_size = max(job.batch_size, size)
@@ -182,16 +212,19 @@ class Worker:
                 return []
             expired = sched.expire(self._clock())
             broken = sched.assign_keys(self._key_of)
+            self._price_expired(expired)
             joining = sched.joiners(key, room)
             self._mark_running(joining, len(self.running) + len(joining))
             self.running.extend(joining)
             waiting = sched.queued() if joining else []
+            if joining:
+                self.stamp()
         self._fail_expired(expired)
         self._fail_broken(broken)
         self.hub.publish_positions(waiting)
         return joining
 
-    def _start_jobs(self, jobs: list[Job], active: list[Active]) -> None:
+    def _start_jobs(self, jobs: list[Job], active: list[Active], key: Hashable) -> None:
         """`model.start` each job (text and audio encoding, initial noise) and add it to `active`."""
         self.stats["requests"] += len(jobs)
         self.stats["max_batch_seen"] = max(self.stats["max_batch_seen"], len(jobs) + len(active))
@@ -201,16 +234,22 @@ class Worker:
                 continue
             try:
                 t0 = time.time_ns()
+                c0 = self._clock()
+                self.call = Call("start", c0, job.id)
                 state = self.model.start(job.params)
+                with self._cond:
+                    self.call = None
+                    self.scheduler.costs.observe_start(key, self._clock() - c0)
                 t1 = time.time_ns()
                 job.phase("encode", t0, t1)
                 job.total_steps = state.total_steps
                 job.params.drop_uploads()  # encoded: a family keeps in its state whatever part it still needs
                 active.append((job, state, t1))
             except Exception as exc:
+                self.call = None
                 self.outcomes.fail_for(job, exc)
 
-    def _finish_jobs(self, done: list[Active]) -> None:
+    def _finish_jobs(self, done: list[Active], key: Hashable) -> None:
         """Decode the requests that finished their steps and hand them to the encoder; each leaves the batch."""
         t_denoised = time.time_ns()
         for job, state, t_denoise in done:
@@ -221,13 +260,20 @@ class Worker:
                     self.outcomes.cancelled(job)
                     continue
                 t0 = time.time_ns()
+                c0 = self._clock()
+                self.call = Call("finish", c0, job.id)
                 samples = self.model.finish(state)
+                with self._cond:
+                    self.call = None
+                    self.decoded_at[job.id] = c1 = self._clock()
+                    self.scheduler.costs.observe_finish(key, c1 - c0)
                 t1 = time.time_ns()
                 job.phase("decode", t0, t1)
                 if job.cancel_requested:  # cancelled during its own decode: no result is kept
                     self.outcomes.cancelled(job)
                     samples = None
             except Exception as exc:
+                self.call = None
                 self.outcomes.fail_for(job, exc)
                 samples = None
             finally:
@@ -238,6 +284,8 @@ class Worker:
                     if samples is not None:
                         self.encoder.claim(job)
             if samples is not None and not self.encoder.encode(job, samples, self.model.sample_rate, t1):
+                with self._cond:
+                    self.decoded_at.pop(job.id, None)
                 self.outcomes.fail(job, SHUTTING_DOWN, 503)
 
     # -- helpers ---------------------------------------------------------------------
@@ -260,11 +308,93 @@ class Worker:
     def _sweep_expired(self) -> None:
         with self._cond:
             expired = self.scheduler.expire(self._clock())
+            self._price_expired(expired)
         self._fail_expired(expired)
 
-    def _fail_expired(self, expired: list[Job]) -> None:
-        for job in expired:
-            self.outcomes.fail(job, f"waited in the queue longer than {self.scheduler.queue_timeout_s:g}s", 503)
+    def _price_expired(self, expired: list[Expired]) -> None:
+        """Give each dropped job the Retry-After its answer carries (call under the lock, before failing them)."""
+        if not expired:
+            return
+        now, running, mixed = self._clock(), self.snapshot(), self.model.mixed_steps
+        for item in expired:
+            key = self.price_key(item.job.params)
+            item.job.retry_after_s = self.scheduler.retry_after(
+                now, running, mixed_steps=mixed, job=item.job, price_key=key
+            )
+
+    def _fail_expired(self, expired: list[Expired]) -> None:
+        for item in expired:
+            self.outcomes.fail(item.job, item.reason, 503)
+
+    # -- estimates -------------------------------------------------------------------
+    def snapshot(self) -> RunningBatch | None:
+        """The running batch as a forecast needs it (call under the lock): its rows, the call in progress, and
+        the clips with the encoder."""
+        if not self.running and not self.encoder.jobs:
+            return None
+        rows = tuple(
+            Row(
+                job.id,
+                (job.total_steps - job.step) if job.total_steps else job.params.num_inference_steps,
+                started=bool(job.total_steps),
+                deadline=job.deadline_at,
+            )
+            for job in self.running
+            if not job.ended and not job.cancel_requested
+        )
+        return RunningBatch(self.key, rows, self.call, encoding=tuple(j.id for j in self.encoder.jobs))
+
+    def forecast(self) -> Forecast:
+        """The scheduler's forecast from what this worker is doing now (call under the lock)."""
+        return self.scheduler.forecast(self._clock(), self.snapshot(), mixed_steps=self.model.mixed_steps)
+
+    def stamp(self) -> Forecast:
+        """Forecast, and write each queued and running job's place and ETA on it (call under the lock)."""
+        fc = self.forecast()
+        wall = time.time()
+        for pos, job in enumerate(self.scheduler.queued(), start=1):
+            job.position = pos
+            _stamp(job, fc, wall)
+        for job in self.running + self.encoder.jobs:
+            job.position = None
+            _stamp(job, fc, wall)
+        self._stamped_at = fc.now
+        return fc
+
+    def price_key(self, params: GenerationParams) -> Hashable | None:
+        """The batch key to price a job by, or None when it cannot be computed (then priced as a batch of its
+        own; the error is the worker's to judge when the job is scheduled). Any error counts here, not only an
+        `Exception`: pricing must not turn the model's failure into the caller's (see `Ticket.price_key`)."""
+        try:
+            return self._key_of(params)
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException:
+            return None
+
+    def warm_up(self, params: GenerationParams, steps: int) -> None:
+        """Measure the model once before any request: `model.start`, `steps` forward passes of one row (the first
+        not counted: it pays for lazy initialisation), and the decode, for `params`' batch key. Not counted in
+        `stats`, and its state is released; a failure is logged and left to the first request to meet."""
+        key = self._key_of(params)
+        model, clock, costs = self.model, self._clock, self.scheduler.costs
+        t0 = clock()
+        state = model.start(params)
+        try:
+            with self._cond:
+                costs.observe_start(key, clock() - t0)
+            for i in range(steps):
+                t0 = clock()
+                model.step([state])
+                if i:
+                    with self._cond:
+                        costs.observe_step(key, 1, clock() - t0)
+            t0 = clock()
+            model.finish(state)
+            with self._cond:
+                costs.observe_finish(key, clock() - t0)
+        finally:
+            self._release_state(state)
 
     def _fail_broken(self, broken: list[tuple[Job, Exception]]) -> None:
         for job, exc in broken:
@@ -274,3 +404,8 @@ class Worker:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0][:200] if text else "no message"
+
+
+def _stamp(job: Job, fc: Forecast, wall: float) -> None:
+    job.eta_s = fc.eta(job.id)
+    job.estimated_at = wall
