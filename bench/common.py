@@ -29,12 +29,39 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+# The CPU features that decide which kernels a matmul gets (x86: vector width, int8 dot products, bfloat16 and
+# float16 instructions, AMX tiles; ARM: the same families), in this order in the results.
+MATMUL_FLAGS = (
+    "avx",
+    "avx2",
+    "fma",
+    "f16c",
+    "avx_vnni",
+    "avx512f",
+    "avx512bw",
+    "avx512vl",
+    "avx512_vnni",
+    "avx512_bf16",
+    "avx512_fp16",
+    "amx_tile",
+    "amx_int8",
+    "amx_bf16",
+    "amx_fp16",
+    "asimd",
+    "asimddp",
+    "sve",
+    "bf16",
+    "i8mm",
+)
+
+
 def cpu_flags() -> list[str]:
+    """The matmul-relevant features of this CPU (`MATMUL_FLAGS` it has), so a result says which kernels ran."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                flags = line.split(":", 1)[1].split()
-                return [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "fma") if f in flags]
+            if line.startswith(("flags", "Features")):
+                flags = set(line.split(":", 1)[1].split())
+                return [f for f in MATMUL_FLAGS if f in flags]
     except OSError:
         pass
     return []

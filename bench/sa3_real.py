@@ -38,9 +38,16 @@ def _randomize(module: torch.nn.Module, generator: torch.Generator) -> None:
                 param.add_(torch.randn(param.shape, generator=generator) * param.shape[-1] ** -0.5)
 
 
-def build_real_small(seed: int = 0, text_cache_size: int = 0, workdir: Path | None = None, options=None):
-    """A `StableAudio3Model` of the real small shapes (random weights, float32, CPU), every parameter drawn,
-    served as `options` (an `SA3Options`; None: the defaults) say."""
+def build_real_small(
+    seed: int = 0,
+    text_cache_size: int = 0,
+    workdir: Path | None = None,
+    options=None,
+    dtype: torch.dtype = torch.float32,
+    device: str = "cpu",
+):
+    """A `StableAudio3Model` of the real small shapes (random weights, every parameter drawn in float32), served
+    at `dtype` on `device` as `options` (an `SA3Options`; None: the defaults) say."""
     return build_ours(
         "small",
         seed,
@@ -49,6 +56,8 @@ def build_real_small(seed: int = 0, text_cache_size: int = 0, workdir: Path | No
         text_cache_size=text_cache_size,
         name="sa3-small-real-random",
         options=options,
+        dtype=dtype,
+        device=device,
     )
 
 

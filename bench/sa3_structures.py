@@ -119,9 +119,12 @@ def build_ours(
     text_cache_size: int = 0,
     name: str | None = None,
     options=None,
+    dtype: torch.dtype = torch.float32,
+    device: str = "cpu",
 ):
-    """A `StableAudio3Model` of the real `structure` shapes (random weights, float32, CPU), assembled from its
-    parts the way `StableAudio3Model.from_checkpoint` assembles it. `raw` replaces the real config (mid-size
+    """A `StableAudio3Model` of the real `structure` shapes (random weights drawn in float32 on the CPU, then
+    served at `dtype` on `device`), assembled from its parts the way `StableAudio3Model.from_checkpoint` assembles
+    it: the T5Gemma encoder stays float32, as the service keeps it. `raw` replaces the real config (mid-size
     runs), `randomize(module, generator)` the zero-filling, `encoder` the real T5Gemma encoder, `options` (an
     `SA3Options`; None: the defaults) how it is served."""
     from stable_audio_service.models.stable_audio_3.autoencoder import SameAutoencoder
@@ -151,7 +154,8 @@ def build_ours(
     with torch.no_grad():
         text.padding_embedding.normal_(0, 0.02, generator=generator)
     for part in (dit, autoencoder, duration, text):
-        part.eval().requires_grad_(False)
+        part.eval().requires_grad_(False).to(device=device, dtype=dtype)
+    text.__dict__["encoder"] = text.encoder.to(device)
     return StableAudio3Model(
         name=name or f"sa3-{structure}-real-random",
         config=config,
@@ -159,8 +163,47 @@ def build_ours(
         autoencoder=autoencoder,
         text=text,
         duration=duration,
-        device="cpu",
-        dtype=torch.float32,
+        device=device,
+        dtype=dtype,
+        options=options,
+    )
+
+
+def served_as(model, *, dtype: torch.dtype | None = None, device: str | None = None, options=None):
+    """The same weights as `model`, served at another dtype, on another device or with other `SA3Options`, so
+    that rows of a benchmark differ only in how they are served. Parts are shared when nothing changes them
+    (no cast, no move, no int8 or compile, which replace modules in place), else copied; the T5Gemma encoder
+    stays float32 as the service keeps it, copied only when it moves or int8 quantises it."""
+    from stable_audio_service.models.stable_audio_3.accel import QUANTIZE_PARTS, SA3Options
+    from stable_audio_service.models.stable_audio_3.family import StableAudio3Model
+
+    options = options if options is not None else SA3Options()
+    dtype = dtype or model.torch_dtype
+    device = str(device or model.device)
+    moved = device != str(model.device)
+    quantized = QUANTIZE_PARTS.get(options.quantize, ())
+    if dtype == model.torch_dtype and not moved and not quantized and not options.compile:
+        dit, autoencoder, duration, text = model.dit, model.autoencoder, model.duration_cond, model.text
+    else:
+        encoder, cache = model.text.encoder, model.text.cache
+        memo: dict[int, Any] = {id(cache): type(cache)(cache.capacity)}  # its own empty cache (a lock: no copy)
+        if not moved and "text" not in quantized:
+            memo[id(encoder)] = encoder
+        dit, autoencoder, duration = (
+            copy.deepcopy(part).to(device=device, dtype=dtype)
+            for part in (model.dit, model.autoencoder, model.duration_cond)
+        )
+        text = copy.deepcopy(model.text, memo).to(device=device, dtype=dtype)
+        text.__dict__["encoder"] = text.encoder.to(device)
+    return StableAudio3Model(
+        name=model.name,
+        config=model.config,
+        dit=dit,
+        autoencoder=autoencoder,
+        text=text,
+        duration=duration,
+        device=device,
+        dtype=dtype,
         options=options,
     )
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,12 +38,107 @@ def pick_device(requested: str = "auto") -> str:
     return "cpu"
 
 
-def pick_dtype(device: str, requested: str = "auto") -> torch.dtype:
-    """`auto`: half precision on an accelerator (half the memory, and fast there), float32 on the CPU (where
-    half precision is slow or unsupported)."""
+# CPU features with native bfloat16 matmul instructions (AMX tiles, AVX-512 BF16 dot products); without one of
+# them torch converts bfloat16 to float32 around every matmul, which is slower than float32 itself.
+BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
+# `auto` serves bfloat16 on the CPU only when its GEMM is at least this much faster than float32's: the matmuls are
+# most of a step, but norms, attention softmax and the rest gain less, and bfloat16 changes the numbers.
+AUTO_BF16_MIN_SPEEDUP = 1.3
+# Families whose CPU path has been run end to end in bfloat16 (a tiny model generates finite audio through the
+# service); the others keep float32 on the CPU under `auto`, as before.
+CPU_BFLOAT16_FAMILIES = frozenset()
+
+
+@dataclass(frozen=True)
+class DtypeChoice:
+    """The dtype a model is served in and why, for the start-up log and `LoadedInfo`."""
+
+    dtype: torch.dtype
+    reason: str
+
+    @property
+    def name(self) -> str:
+        return str(self.dtype).removeprefix("torch.")
+
+
+def cpu_flags(cpuinfo: str | None = None) -> frozenset[str]:
+    """The CPU's feature flags from /proc/cpuinfo (`cpuinfo` replaces the file in tests); empty where there is no
+    such file, which makes `auto` keep float32 on the CPU."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return frozenset()
+    for line in cpuinfo.splitlines():
+        if line.startswith(("flags", "Features")):
+            return frozenset(line.split(":", 1)[1].split())
+    return frozenset()
+
+
+def bf16_gemm_speedup(rows: int = 256, width: int = 1024, hidden: int = 4096, budget_s: float = 0.5) -> float:
+    """float32 time / bfloat16 time of one DiT-like GEMM (`rows` tokens through a `width` x `hidden` feed-forward
+    projection: the shape of most of a small SA3 step), best of alternating tries within `budget_s` (about 0.1 s
+    on a 2-core CPU). Flags say an instruction exists, not that torch's kernels use it or that it pays: this says
+    whether it pays here."""
+    x, w = torch.randn(rows, width), torch.randn(hidden, width)
+    pairs = {torch.float32: (x, w), torch.bfloat16: (x.bfloat16(), w.bfloat16())}
+    best = dict.fromkeys(pairs, float("inf"))
+    started = time.perf_counter()
+    with torch.no_grad():
+        for a, b in pairs.values():  # first calls build the kernels: not timed
+            torch.nn.functional.linear(a, b)
+        for attempt in range(5):
+            for dtype, (a, b) in pairs.items():
+                t0 = time.perf_counter()
+                torch.nn.functional.linear(a, b)
+                best[dtype] = min(best[dtype], time.perf_counter() - t0)
+            if attempt >= 1 and time.perf_counter() - started > budget_s:
+                break
+    return best[torch.float32] / best[torch.bfloat16]
+
+
+def choose_dtype(
+    device: str,
+    requested: str = "auto",
+    *,
+    cpu_bfloat16: bool = False,
+    flags: Iterable[str] | None = None,
+    measure: Callable[[], float] | None = None,
+) -> DtypeChoice:
+    """The serving dtype and the reason. An explicit dtype is used as given. `auto`: float16 on CUDA (ROCm too) and
+    MPS, as Stability runs its models on GPUs; on the CPU, bfloat16 for a family that runs in it (`cpu_bfloat16`)
+    when the CPU has native bfloat16 matmuls (`flags`: /proc/cpuinfo's unless given) and `measure()` (the
+    bfloat16-over-float32 GEMM speed-up; `bf16_gemm_speedup` unless given) says they are at least
+    `AUTO_BF16_MIN_SPEEDUP` faster; else float32."""
     if requested != "auto":
-        return getattr(torch, requested)
-    return torch.float16 if device in ("cuda", "mps") else torch.float32
+        dtype = getattr(torch, requested)
+        reason = f"STABLE_AUDIO_DTYPE={requested}"
+        if device == "cpu" and dtype == torch.float16:
+            reason += " (float16 matmuls are slow on CPUs: bfloat16 or float32 serve faster)"
+        return DtypeChoice(dtype, reason)
+    if device.startswith("cuda") or device == "mps":
+        return DtypeChoice(torch.float16, f"auto: float16 on {device}, as Stability serves its models on GPUs")
+    if not cpu_bfloat16:
+        return DtypeChoice(torch.float32, "auto: float32 on the CPU (this family is served in float32 there)")
+    have = frozenset(cpu_flags() if flags is None else flags)
+    native = [f for f in BF16_CPU_FLAGS if f in have]
+    if not native:
+        return DtypeChoice(
+            torch.float32,
+            f"auto: float32 on the CPU (no {' or '.join(BF16_CPU_FLAGS)}: bfloat16 matmuls would be emulated)",
+        )
+    speedup = (measure or bf16_gemm_speedup)()
+    measured = f"{'/'.join(native)}; bfloat16 GEMM {speedup:.2f}x float32's, measured at start"
+    if speedup >= AUTO_BF16_MIN_SPEEDUP:
+        return DtypeChoice(torch.bfloat16, f"auto: bfloat16 on the CPU ({measured})")
+    return DtypeChoice(
+        torch.float32, f"auto: float32 on the CPU ({measured}, under the {AUTO_BF16_MIN_SPEEDUP}x that pays)"
+    )
+
+
+def pick_dtype(device: str, requested: str = "auto", *, cpu_bfloat16: bool = False) -> torch.dtype:
+    """`choose_dtype`'s dtype alone, for callers that do not log the reason."""
+    return choose_dtype(device, requested, cpu_bfloat16=cpu_bfloat16).dtype
 
 
 def _how_to_get(source: str) -> str:
@@ -151,6 +247,7 @@ class LoadedInfo:
     family: str
     memory: MemoryEstimate | None
     seconds: float
+    dtype_reason: str = ""  # why the model is served in its dtype (`choose_dtype`)
 
 
 def load_model(settings: Settings) -> tuple[AudioModel, LoadedInfo]:
@@ -161,7 +258,9 @@ def load_model(settings: Settings) -> tuple[AudioModel, LoadedInfo]:
     path = resolve_source(source)
     family = _family_of(path)
     device = pick_device(settings.device)
-    dtype = pick_dtype(device, settings.dtype)
+    choice = choose_dtype(device, settings.dtype, cpu_bfloat16=family.name in CPU_BFLOAT16_FAMILIES)
+    dtype = choice.dtype
+    log.info("dtype: %s on %s (%s)", choice.name, device, choice.reason)
     name = source if source != str(DEFAULT_LOCAL_MODEL) else DEFAULT_HUB_MODEL
     memory = None
     if not settings.skip_memory_check:
@@ -199,4 +298,4 @@ def load_model(settings: Settings) -> tuple[AudioModel, LoadedInfo]:
         raise
     except Exception as exc:
         raise ModelLoadError(f"loading {path} failed: {type(exc).__name__}: {exc}") from exc
-    return model, LoadedInfo(source, path, family.name, memory, time.perf_counter() - started)
+    return model, LoadedInfo(source, path, family.name, memory, time.perf_counter() - started, choice.reason)
