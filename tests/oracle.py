@@ -226,28 +226,31 @@ def params_of(fx: Fixture, case: str, **changes: Any) -> Any:
 
 
 # -- float16: Stability's `model_half=True` path (reference-fp16.npz) --------------------------------------------
-# Measured with the service and with Stability's own library run on one AMD EPYC (Zen 4: AVX-512, no AVX512-FP16),
-# each fed the stored inputs of the stage, under ATEN_CPU_CAPABILITY default / avx2 / avx512, 1 thread, against
-# the reference made on an Intel Sapphire Rapids (AVX512-FP16, AMX). Most float16 outputs differ from that host's
-# by an ulp or so whatever the code (Stability's library here: up to 3.0e-3 unguided, 9.2e-3 guided, 2.7e-3
-# decode), so these are a few float16 ulps of the stage's scale, about twice the largest figure measured. The
-# service here equals Stability's library on the same host bitwise in every DiT step (guidance included) under
-# avx2 / avx512, so its figures are the library's own host spread.
+# Measured on one AMD EPYC (Zen 4: AVX-512, no AVX512-FP16) with the service and with Stability's own library
+# (stable_audio_3 @ 636f906, model_half=True), each stage fed its stored inputs, under ATEN_CPU_CAPABILITY
+# default / avx2 / avx512, 1 thread, against the reference made on an Intel Sapphire Rapids (AVX512-FP16, AMX).
+# Most float16 outputs differ from that host's by an ulp or so whatever the code (Stability's library here: up to
+# 3.0e-3 unguided, 9.2e-3 guided, 2.7e-3 decode), so each tolerance is a few float16 ulps of the stage's scale,
+# about twice the largest figure measured. Under avx2 / avx512 the service's DiT step equals Stability's library
+# on the same host bitwise (guidance included), so its figures there are the library's own host spread.
 #
-# One DiT call, unguided, fed the official latents of its step: at most 2.9e-3 relative. Casts these catch (measured
-# on this host): the whole DiT in float32 0.53, the duration normalised in float32 0.18, RoPE frequencies kept in
-# float32 7.9e-3.
+# One DiT call, unguided, fed the official latents of its step: at most 2.6e-3 relative. Casts it catches (measured
+# here): the DiT left in float32 0.53, the duration normalised in float32 (not cast to float16 before its Fourier
+# features) 0.18, RoPE frequencies kept in float32 7.9e-3.
 FP16_STEP_REL = 5e-3
-# The same under guidance (cfg 7; the scale grows, the float32 guidance arithmetic amplifies): at most 6.6e-3 here
-# (Stability's library under the portable kernels: 9.2e-3). Catches the timestep not cast to float16 before its
-# Fourier features (1.15), the duration cast (8.8e-2) and the whole DiT in float32 (1.14).
+# The same under guidance (cfg 7: larger scale, amplified by the float32 guidance): at most 6.6e-3 here (Stability's
+# library under the portable kernels: 9.2e-3). Catches the timestep not cast to float16 before its Fourier
+# features (1.15), the duration cast (8.8e-2), the DiT left in float32 (1.14).
 FP16_GUIDED_STEP_REL = 1.5e-2
-# The float16 decode fed the official latents and the request's draws: at most 2.9e-3 relative.
+# The float16 decode fed the official latents and the request's draws: at most 2.9e-3 relative (portable kernels;
+# 1.8e-3 under avx2 / avx512). A float32 decode moves it by only 3.3e-3; the test catches that by its samples, which
+# are float16 values in the official decode.
 FP16_DECODE_REL = 6e-3
 # The sampler's exact part (float16 `1 - t`, draws in the latents' dtype): bitwise where the draws are; the portable
 # sampler's draws move a float16 value by at most one ulp (2^-10 of its magnitude).
 FP16_DRAW_REL = 0.0 if DRAWS_BITWISE else 2e-3
 # End to end: a multiple of how far Stability's own float16 output moved on one host when only ATen's kernels
-# changed (cross-kernel-fp16.json; the cross-host spread of float16 is not measured). Measured here: at most 1.6x.
-FP16_SPREAD_MULTIPLE = 4.0
+# changed (cross-kernel-fp16.json; float16's cross-host spread is not measured). Measured here: at most 3.2x
+# (a2a audio, avx2), most cases 0.6x to 1.5x.
+FP16_SPREAD_MULTIPLE = 6.0
 FP16_FLOOR_REL = 2e-3

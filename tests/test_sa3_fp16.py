@@ -212,3 +212,14 @@ def test_served_dtype_is_reported():
     assert next(model.dit.parameters()).dtype == torch.float16
     assert next(model.autoencoder.parameters()).dtype == torch.float16
     assert info["text_encoder_dtype"] == "float32"
+
+
+@needs_fixtures
+def test_backend_flags_are_the_official_ones():
+    """Stability's `StableAudioModel` sets these for the process when it is built; on CUDA they decide how float16
+    matmuls accumulate (and whether float32 convolutions use TF32), so a loaded model sets them too."""
+    half_model("small-tiny")
+    assert torch.backends.cuda.matmul.allow_fp16_reduced_precision_reduction is False
+    assert torch.backends.cuda.matmul.allow_tf32 is False
+    assert torch.backends.cudnn.allow_tf32 is False
+    assert torch.backends.cudnn.benchmark is False

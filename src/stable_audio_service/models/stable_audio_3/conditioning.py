@@ -3,7 +3,9 @@
 The prompt goes through transformers' `T5GemmaEncoderModel` loaded from the checkpoint's T5Gemma folder, padded
 to `max_length` (256) exactly as Stability's conditioner pads it, so the valid rows match to the bit; padded
 rows are then replaced by the checkpoint's learned `padding_embedding`. The encoder always runs in float32:
-Stability's conditioner keeps it outside the module tree, so `model.to(float16)` never reaches it.
+Stability's conditioner keeps it outside the module tree, so `model.to(float16)` never reaches it. (Stability
+loads it with transformers' default dtype, which from transformers 5 is the dtype the folder stores: float32 in
+the oracle fixtures.)
 
 A text cache keeps only the valid rows (a few KB instead of 256 x 768 floats); the padded rows are rebuilt
 from the padding embedding, which gives the same tensor.
@@ -46,7 +48,9 @@ class DurationConditioner(nn.Module):
         self.linear = nn.Linear(features, output_dim)
 
     def forward(self, seconds: list[float]) -> torch.Tensor:
-        """(B, output_dim): the duration token and the global conditioning."""
+        """(B, output_dim): the duration token and the global conditioning. The seconds are normalised in float32
+        and cast to the weights' dtype before the Fourier features, as Stability's `NumberConditioner` casts them:
+        in float16 that rounding, not the features' float32 arithmetic, decides the embedding."""
         device = self.linear.weight.device
         floats = torch.tensor([float(s) for s in seconds]).to(device)
         floats = floats.clamp(self.cfg.min_val, self.cfg.max_val)

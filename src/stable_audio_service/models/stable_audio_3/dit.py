@@ -54,7 +54,9 @@ class RMSNorm(nn.Module):
 
 
 class RotaryEmbedding(nn.Module):
-    """Frequencies of the partial rotary embedding (the first `dim` channels of each head)."""
+    """Frequencies of the partial rotary embedding (the first `dim` channels of each head). `inv_freq` is a buffer,
+    so a float16 model holds it rounded to float16, as Stability's `model.to(float16)` does; the positions times
+    those frequencies are float32 (the product promotes), and q/k are rotated in float32."""
 
     def __init__(self, dim: int, base: float = 10000.0) -> None:
         super().__init__()
@@ -354,6 +356,8 @@ class DiffusionTransformer(nn.Module):
             context = self.to_cond_embed(context.to(dtype))
         if local_add_cond is not None and local_embeds is None:
             local_add_cond = local_add_cond.to(dtype).transpose(1, 2)
+        # The timestep reaches its Fourier features in the weights' dtype (Stability: `t_cond.to(x.dtype)`); with
+        # frequencies up to 1e4, that float16 rounding decides the high-frequency features.
         t_cond = (self._logsnr_cond(t) if self.cfg.timestep_features_logsnr else t).to(dtype)
         features = expo_fourier_features(t_cond[:, None], self.cfg.timestep_features_dim)
         global_cond = global_cond.to(dtype)

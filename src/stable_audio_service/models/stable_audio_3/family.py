@@ -208,6 +208,7 @@ class StableAudio3Model(AudioModel[SA3State]):
         """A model from its loaded parts, served as `options` say (defaults: `SA3Options()`); with `lora_dir`,
         requests may name the adapters in it. The options' speed settings are applied here, once, after the
         adapters are hooked in: int8 and compile replace modules the hooks must see in fp32 and eager."""
+        official_backend_flags()
         self.name = name
         self.config = config
         self.dit = dit
@@ -569,6 +570,16 @@ class StableAudio3Model(AudioModel[SA3State]):
             # `dtype` is the DiT's, the autoencoder's and the duration conditioner's; T5Gemma keeps its own.
             "text_encoder_dtype": str(self.text.encoder_dtype).removeprefix("torch."),
         }
+
+
+def official_backend_flags() -> None:
+    """What Stability's `StableAudioModel.__init__` sets for the whole process: no TF32 in float32 matmuls and
+    convolutions, float32 accumulation in float16 matmuls (cuBLAS may otherwise reduce in float16), no cuDNN
+    autotuning. They change only CUDA kernels, where they decide what a float16 (and float32) model computes."""
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_fp16_reduced_precision_reduction = False
+    torch.backends.cudnn.benchmark = False
 
 
 def kept_samples(total: int, source_samples: int, regions: list[tuple[float, float]], sample_rate: int) -> np.ndarray:
