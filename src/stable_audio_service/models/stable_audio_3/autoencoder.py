@@ -257,7 +257,9 @@ class _WNConv1d(nn.Module):
         self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        weight = self.weight_v * (self.weight_g / torch.linalg.vector_norm(self.weight_v, dim=(1, 2), keepdim=True))
+        # The op `nn.utils.weight_norm` runs in Stability's code: g * v / ||v|| rounded once (spelling it out in
+        # three ops rounds three times: 1e-3 off Stability's float16 decode).
+        weight = torch._weight_norm(self.weight_v, self.weight_g, 0)
         return F.conv1d(x, weight, self.bias, padding="same")
 
 
