@@ -98,6 +98,10 @@ def _failed_tests(output: str) -> list[str]:
     return sorted(set(names))
 
 
+# The unchanged copy (an empty match at the start of one file): it must pass, or every mutation looks caught.
+BASELINE = Mutation("baseline", "none", "__init__.py", r"\A", "")
+
+
 def run_mutation(mutation: Mutation, extra: list[str]) -> tuple[int, list[str], str]:
     with tempfile.TemporaryDirectory(prefix="mutant-") as tmp:
         copy = Path(tmp) / "stable_audio_service"
@@ -137,6 +141,11 @@ def main(argv: list[str]) -> int:
     keys = [a for a in argv if not a.startswith("-")]
     extra = [a for a in argv if a.startswith("-")]
     chosen = [m for m in MUTATIONS if not keys or m.key in keys]
+    code, failed, summary = run_mutation(BASELINE, extra)
+    print(f"baseline (no mutation): {summary}", flush=True)
+    if code != 0:
+        print("the oracle tests fail without any mutation: " + ", ".join(failed), flush=True)
+        return 2
     rows, holes = [], 0
     for mutation in chosen:
         code, failed, summary = run_mutation(mutation, extra)
