@@ -7,12 +7,16 @@ import socket
 import time
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
 
 from stable_audio_service.config import Settings
+
+if TYPE_CHECKING:
+    from stable_audio_service.engine.client import JobInfo
+    from stable_audio_service.serving.ray.wire import ReplicaStats
 
 REPLICAS = 2
 QUEUE_SIZE = 4  # per replica: small, so that filling the whole cluster takes a few requests
@@ -32,14 +36,13 @@ class _EngineProbe:
     def __init__(self, backend: RayBackend) -> None:
         self.backend = backend
 
-    def get(self, job_id: str):
-        from stable_audio_service.ray_serve import job_from_snapshot
-
-        snap = self.backend.snapshot(job_id)
-        return None if snap is None else job_from_snapshot(snap)
+    def get(self, job_id: str) -> SimpleNamespace | None:
+        """The job as the tests read it from an engine: its parameters, as its replica holds them."""
+        params = self.backend.handle().params.remote(job_id).result(timeout_s=30)
+        return None if params is None else SimpleNamespace(id=job_id, params=params)
 
     def running_count(self) -> int:
-        return sum(s["running"] for s in self.backend.replica_stats().values())
+        return sum(s.stats.running for s in self.backend.replica_stats().values())
 
 
 class RayBackend(httpx.Client):
@@ -50,9 +53,9 @@ class RayBackend(httpx.Client):
         pytest.importorskip("ray.serve", reason="ray[serve] is not installed: Ray Serve tests skipped")
         import ray
 
-        from stable_audio_service import ray_serve
+        from stable_audio_service.serving import ray as ray_serving
 
-        self.ray_serve = ray_serve
+        self.ray_serving = ray_serving
         self.settings = Settings(
             model=str(tiny_dir),
             host="127.0.0.1",
@@ -65,8 +68,8 @@ class RayBackend(httpx.Client):
         # As `serve --ray --replicas 2` starts it: Ray counts this machine's own CPUs (no num_cpus), and the
         # replicas and the ingress get the default shares of them, which fit any machine (tested in
         # test_ray_resources.py). Only the dashboard and the log forwarding are left out, to keep the tests quiet.
-        self.options = ray_serve.RayOptions(replicas=REPLICAS, health_check_period_s=1.0)
-        ray_serve.start(
+        self.options = ray_serving.RayOptions(replicas=REPLICAS, health_check_period_s=1.0)
+        ray_serving.start(
             self.settings, self.options, include_dashboard=False, log_to_driver=False, configure_logging=False
         )
         self.ray = ray
@@ -81,18 +84,19 @@ class RayBackend(httpx.Client):
     def handle(self) -> Any:
         from ray import serve
 
-        return serve.get_deployment_handle(self.ray_serve.MODEL_DEPLOYMENT, app_name=self.ray_serve.APP_NAME)
+        return serve.get_deployment_handle(self.ray_serving.MODEL_DEPLOYMENT, app_name=self.ray_serving.APP_NAME)
 
-    def replica_stats(self, metrics: bool = False) -> dict[str, dict[str, Any]]:
+    def replica_stats(self, metrics: bool = False) -> dict[str, ReplicaStats]:
         """Every live model replica's figures, fresh."""
         results = self.handle().broadcast("stats", None, metrics).results(timeout_s=30, return_exceptions=True)
-        return {r["replica"]: r for r in results if isinstance(r, dict)}
+        return {r.replica: r for r in results if not isinstance(r, BaseException)}
 
-    def snapshot(self, job_id: str) -> dict[str, Any] | None:
+    def job_info(self, job_id: str) -> JobInfo | None:
+        """The job as its replica sees it (the same view the ingress gets)."""
         return self.handle().get.remote(job_id).result(timeout_s=30)
 
     def kill_replica(self, tag: str) -> None:
-        actor = self.replica_stats()[tag]["actor"]
+        actor = self.replica_stats()[tag].actor
         self.ray.kill(self.ray.get_actor(actor, namespace="serve"), no_restart=True)
 
     def wait_ready(self, replicas: int, without: set[str] = frozenset(), timeout_s: float = START_TIMEOUT_S) -> dict:
@@ -113,4 +117,4 @@ class RayBackend(httpx.Client):
 
     def stop(self) -> None:
         self.close()
-        self.ray_serve.stop(started_ray=True)
+        self.ray_serving.stop(started_ray=True)

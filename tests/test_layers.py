@@ -16,7 +16,7 @@ import stable_audio_service
 PACKAGE = "stable_audio_service"
 ROOT = Path(stable_audio_service.__file__).parent
 # What sits above the model layer and the request path: neither may import any of these.
-ABOVE_MODELS = ("api", "engine", "service", "cli", "ray_serve", "web", "client", "telemetry")
+ABOVE_MODELS = ("api", "engine", "service", "cli", "serving", "web", "client", "telemetry")
 
 
 def _module_name(path: Path) -> str:

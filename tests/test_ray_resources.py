@@ -16,7 +16,7 @@ import pytest
 pytest.importorskip("ray", reason="ray is not installed (pip install '.[ray]'): Ray Serve tests skipped")
 pytest.importorskip("ray.serve", reason="ray[serve] is not installed: Ray Serve tests skipped")
 
-from stable_audio_service.ray_serve import RESOURCE_UNIT, DoesNotFit, fit_resources  # noqa: E402
+from stable_audio_service.serving.ray import RESOURCE_UNIT, DoesNotFit, fit_resources  # noqa: E402
 
 from .ray_harness import REPLICAS  # noqa: E402
 

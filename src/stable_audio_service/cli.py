@@ -65,12 +65,12 @@ def serve(
         _fail(str(exc))
     if ray:
         try:
-            from . import ray_serve
+            from .serving import ray as ray_serving
         except ImportError as exc:
             _fail(f"--ray needs Ray Serve: pip install 'stable-audio-service[ray]' ({exc})")
         try:
-            options = ray_serve.RayOptions(
-                **ray_serve.RayOptions.parse_replicas(replicas or "1"),
+            options = ray_serving.RayOptions(
+                **ray_serving.RayOptions.parse_replicas(replicas or "1"),
                 num_gpus=num_gpus,
                 num_cpus=num_cpus,  # None: fitted to the cluster once Ray is up
                 target_ongoing_requests=target_ongoing_requests,
@@ -78,8 +78,8 @@ def serve(
         except ValueError as exc:
             _fail(str(exc))
         try:
-            ray_serve.serve_forever(settings, options)  # SIGTERM: the application drains and stops, exit 0
-        except ray_serve.DoesNotFit as exc:  # before anything was deployed: Serve would wait for it forever
+            ray_serving.serve_forever(settings, options)  # SIGTERM: the application drains and stops, exit 0
+        except ray_serving.DoesNotFit as exc:  # before anything was deployed: Serve would wait for it forever
             _fail(str(exc))
         return
     serving.run(create_app(settings), settings)  # graceful SIGTERM: answers in-flight work, flushes telemetry
@@ -207,8 +207,10 @@ def _generate_remote(body: StableAudioRequest, output: Path, server: str, token:
 def _generate_local(
     body: StableAudioRequest, output: Path, model: str | None, device: str | None, lora_dir: Path | None = None
 ) -> None:
-    """`generate` without --server: load the model here and run the request through an engine."""
-    from .engine import Engine, JobStatus
+    """`generate` without --server: load the model here and run the request through an engine, over the same
+    `EngineClient` protocol the HTTP routes use."""
+    from .engine import Engine
+    from .engine.local import LocalEngineClient
     from .models.loading import ModelLoadError, load_model
 
     settings = _settings(model=model, device=device, lora_dir=lora_dir)
@@ -222,32 +224,30 @@ def _generate_local(
         resolved = resolve(body, loaded, settings)
     except RequestError as exc:
         _fail(f"{'.'.join(map(str, exc.loc))}: {exc.message}")
-    engine = Engine(loaded, batch_wait_ms=0)
-    engine.start()
+    client = LocalEngineClient(Engine(loaded, batch_wait_ms=0))
+    client.start()
     params = resolved.params
 
     async def run() -> None:
-        job = engine.submit(params, format=resolved.format)
-        events = engine.subscribe(job)
+        job = await client.submit(params, format=resolved.format, keep=False)  # Ctrl-C closes the stream: cancel
         with _progress_bar() as bar:
             task = bar.add_task("denoising", total=params.num_inference_steps)
-            while True:
-                event = await events.get()
-                if event["type"] == "step":
-                    bar.update(task, completed=event["step"], total=event["total"])
-                elif event["type"] in ("done", "failed", "cancelled"):
-                    break
-        if job.status != JobStatus.done:
-            _fail(job.error or job.status.value)
+            async for event in job.events():
+                if event.type == "step":
+                    bar.update(task, completed=event.data["step"], total=event.data["total"])
+        audio = await job.audio()
+        info = audio.info
+        if info.result is None or audio.data is None:
+            _fail(info.error or info.status.value)
         output.parent.mkdir(parents=True, exist_ok=True)
-        output.write_bytes(job.result.data)
-        res = job.result
-        _wrote(output, res.duration, res.sample_rate, res.channels, resolved.format, job.params.seed)
+        output.write_bytes(audio.data)
+        res = info.result
+        _wrote(output, res.duration, res.sample_rate, res.channels, resolved.format, info.seed)
 
     try:
         asyncio.run(run())
     finally:
-        engine.shutdown(grace_s=0)
+        client.shutdown(grace_s=0)
 
 
 @app.command("make-tiny")

@@ -7,7 +7,7 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -21,13 +21,15 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from .. import SERVICE, __version__, telemetry
 from ..config import Settings
 from ..engine import Engine
+from ..engine.client import EngineClient, ServedModel, Unavailable
+from ..engine.local import LocalEngineClient
 from ..models.loading import ModelLoadError, load_model
 from ..service import RequestError
 from ..web import router as web_router
 from .loras import router as loras_router
 from .metrics import router as metrics_router
 from .openapi import install_openapi
-from .routes import router
+from .routes import RETRY_AFTER_S, router
 from .security import GuardMiddleware
 
 log = logging.getLogger("stable_audio_service")
@@ -54,29 +56,77 @@ def validation_details(errors: Any) -> list[dict]:
     return out
 
 
-class ServiceState:
-    """What the routes need: the model's load status, the engine, the settings."""
+Loader = Callable[[Settings], tuple[Any, Any]]
+# Builds the backend the routes talk to, from the settings and the fatal-error callback; blocking (it may load
+# a model or wait for a cluster), so it runs in the loader thread.
+Connect = Callable[[Settings, Callable[[str], None]], EngineClient]
 
-    def __init__(
-        self,
-        settings: Settings,
-        loader: Callable[[Settings], tuple[Any, Any]],
-        engine_factory: Callable[[Any, Settings], Any] | None = None,
-    ) -> None:
+
+def local_engine(loader: Loader = load_model, id_prefix: str | None = None) -> Connect:
+    """Load the model in this process and run one `Engine` over it (`id_prefix`: see `LocalEngineClient`)."""
+
+    def connect(settings: Settings, on_fatal: Callable[[str], None]) -> LocalEngineClient:
+        started = time.perf_counter()
+        model, info = loader(settings)
+        engine = Engine(
+            model,
+            max_batch_size=settings.max_batch_size,
+            batch_wait_ms=settings.batch_wait_ms,
+            queue_size=settings.queue_size,
+            queue_timeout_s=settings.queue_timeout_s,
+            job_ttl_s=settings.job_ttl_s,
+            max_jobs_kept=settings.max_jobs_kept,
+            max_result_bytes=settings.max_result_bytes,
+            prune_interval_s=settings.job_prune_interval_s,
+            observer=telemetry.observer_for(model),
+            on_fatal=on_fatal,
+        )
+        client = LocalEngineClient(engine, id_prefix=id_prefix)
+        client.start()
+        telemetry.watch_engine(engine)
+        memory = getattr(info, "memory", None)
+        log.info(
+            "model ready: model=%s family=%s device=%s dtype=%s load_s=%.1f memory_needed_gib=%s "
+            "memory_found_gib=%s (%s)",
+            model.name,
+            model.family,
+            model.device,
+            model.dtype,
+            time.perf_counter() - started,
+            f"{memory.needed / 2**30:.2f}" if memory else "unchecked",
+            f"{memory.available / 2**30:.2f}" if memory else "unchecked",
+            memory.where if memory else "memory check skipped",
+        )
+        return client
+
+    return connect
+
+
+class ServiceState:
+    """What the routes need: the load status, the backend (`client`, an `EngineClient`), the settings."""
+
+    def __init__(self, settings: Settings, connect: Connect) -> None:
         self.settings = settings
-        self.loader = loader
-        # None: a local Engine; ray_serve.py passes a proxy to the engines of its model replicas
-        self.engine_factory = engine_factory
+        self.connect = connect
         self.status = "loading"
         self.reason: str | None = "the model is loading"
-        self.model: Any = None
-        self.info: Any = None
-        self.engine: Engine | None = None
+        self.client: EngineClient | None = None
         self.loaded = threading.Event()
         # Called with the reason when the engine's worker dies: serving.run stops the server and exits
         # non-zero so systemd restarts the service (in-process tests just see /health turn 503).
         self.fatal_hooks: list[Callable[[str], None]] = []
         self.fatal_reason: str | None = None
+
+    @property
+    def model(self) -> ServedModel | None:
+        """The loaded model's facts (limits, capabilities...); None until it has loaded."""
+        return self.client.model if self.client is not None else None
+
+    @property
+    def engine(self) -> Engine | None:
+        """The `Engine` of this process, when the backend is one (None behind a cluster): for tools and tests
+        that look inside it. The routes use `client`."""
+        return self.client.engine if isinstance(self.client, LocalEngineClient) else None
 
     def fatal(self, reason: str) -> None:
         self.fatal_reason = reason
@@ -88,42 +138,9 @@ class ServiceState:
                 log.exception("fatal hook failed")
 
     def load(self) -> None:
-        started = time.perf_counter()
         try:
-            model, info = self.loader(self.settings)
-            if self.engine_factory is not None:
-                engine = self.engine_factory(model, self.settings)
-            else:
-                engine = Engine(
-                    model,
-                    max_batch_size=self.settings.max_batch_size,
-                    batch_wait_ms=self.settings.batch_wait_ms,
-                    queue_size=self.settings.queue_size,
-                    queue_timeout_s=self.settings.queue_timeout_s,
-                    job_ttl_s=self.settings.job_ttl_s,
-                    max_jobs_kept=self.settings.max_jobs_kept,
-                    max_result_bytes=self.settings.max_result_bytes,
-                    prune_interval_s=self.settings.job_prune_interval_s,
-                    observer=telemetry.observer_for(model),
-                    on_fatal=self.fatal,
-                )
-            engine.start()
-            telemetry.watch_engine(engine)
-            self.model, self.info, self.engine = model, info, engine
+            self.client = self.connect(self.settings, self.fatal)
             self.status, self.reason = "ok", None
-            memory = getattr(info, "memory", None)
-            log.info(
-                "model ready: model=%s family=%s device=%s dtype=%s load_s=%.1f memory_needed_gib=%s "
-                "memory_found_gib=%s (%s)",
-                model.name,
-                model.family,
-                model.device,
-                model.dtype,
-                time.perf_counter() - started,
-                f"{memory.needed / 2**30:.2f}" if memory else "unchecked",
-                f"{memory.available / 2**30:.2f}" if memory else "unchecked",
-                memory.where if memory else "memory check skipped",
-            )
         except ModelLoadError as exc:
             self.status, self.reason = "error", public_reason(str(exc))
             log.error("model failed to load: %s", exc)
@@ -134,19 +151,21 @@ class ServiceState:
             self.loaded.set()
 
     def shutdown(self, grace_s: float | None = None) -> None:
-        if self.engine is not None:
-            self.engine.shutdown(self.settings.shutdown_grace_s if grace_s is None else grace_s)
+        if self.client is not None:
+            self.client.shutdown(self.settings.shutdown_grace_s if grace_s is None else grace_s)
 
 
 def create_app(
-    settings: Settings | None = None, loader: Callable | None = None, engine_factory: Callable | None = None
+    settings: Settings | None = None, loader: Loader | None = None, connect: Connect | None = None
 ) -> FastAPI:
-    """`engine_factory(model, settings)`, when given, replaces the local Engine (see ray_serve.py)."""
+    """The service's app. The model loads in a background thread: `loader(settings)` loads it for an engine in
+    this process (default: `load_model`), or `connect(settings, on_fatal)` builds any other `EngineClient`
+    (the Ray ingress passes one that talks to its model replicas)."""
     settings = settings or Settings()
-    state = ServiceState(settings, loader or load_model, engine_factory)
+    state = ServiceState(settings, connect or local_engine(loader or load_model))
 
     @asynccontextmanager
-    async def lifespan(app: FastAPI):
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         telemetry.setup()
         threading.Thread(target=state.load, name="model-loader", daemon=True).start()
         yield
@@ -176,6 +195,10 @@ def create_app(
     @app.exception_handler(RequestError)
     async def _refused(request: Request, exc: RequestError) -> JSONResponse:
         return JSONResponse({"detail": exc.detail()}, status_code=422)
+
+    @app.exception_handler(Unavailable)
+    async def _unavailable(request: Request, exc: Unavailable) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=503, headers={"Retry-After": RETRY_AFTER_S})
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -13,7 +13,7 @@ from fastapi import APIRouter
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
-from .routes import ERROR_RESPONSES, EngineDep
+from .routes import ERROR_RESPONSES, ClientDep
 from .schemas import MAX_LORA_STRENGTH, MAX_LORAS_PER_REQUEST
 
 router = APIRouter(responses=ERROR_RESPONSES, tags=["loras"])
@@ -70,12 +70,12 @@ def _listing(model: Any, rescan: bool) -> LoraList:
 
 
 @router.get("/loras", response_model=LoraList)
-async def list_loras(engine: EngineDep) -> Any:
+async def list_loras(client: ClientDep) -> Any:
     """The adapters of the configured directory, each with whether it fits the loaded model and why not."""
-    return await run_in_threadpool(_listing, engine.model, False)
+    return await run_in_threadpool(_listing, client.model, False)
 
 
 @router.post("/loras/reload", response_model=LoraList)
-async def reload_loras(engine: EngineDep) -> Any:
+async def reload_loras(client: ClientDep) -> Any:
     """Read the directory again (new, changed and removed files); requests already running keep their adapters."""
-    return await run_in_threadpool(_listing, engine.model, True)
+    return await run_in_threadpool(_listing, client.model, True)

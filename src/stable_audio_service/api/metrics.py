@@ -16,8 +16,9 @@ router = APIRouter()
 @router.get("/metrics", tags=["service"], response_class=Response)
 def metrics(request: Request) -> Response:
     """Prometheus text format (OpenMetrics when the scraper asks for it): the same figures the OTLP exporter sends."""
-    # this process's figures, or a whole cluster's where ray_serve.py put a registry on app.state
-    registry = getattr(request.app.state, "metrics_registry", None) or telemetry.prometheus_registry()
+    # the backend's figures (a cluster's merge every replica's); this process's own while it has none yet
+    client = request.app.state.service.client
+    registry = client.metrics_registry if client is not None else telemetry.prometheus_registry()
     if "application/openmetrics-text" in request.headers.get("accept", ""):
         return Response(generate_openmetrics(registry), media_type=OPENMETRICS_TYPE)
     return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

@@ -1,12 +1,16 @@
-"""Routes: thin. Each one turns HTTP into a call on the service layer or the engine and shapes the
-answer; what a request means (defaults, limits, capabilities, uploads) lives in `service.py`."""
+"""Routes: thin. Each one turns HTTP into a call on the service layer or the backend and shapes the
+answer; what a request means (defaults, limits, capabilities, uploads) lives in `service.py`. The backend is
+whatever `EngineClient` the app was built with (an engine in this process, or Ray replicas): the routes use that
+protocol only."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
-from typing import Annotated, Any
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -14,7 +18,8 @@ from starlette.concurrency import run_in_threadpool
 
 from .. import SERVICE, __version__, service, telemetry
 from ..audio import MEDIA_TYPES
-from ..engine import TERMINAL, Engine, Job, JobStatus, NotAccepting, QueueFull
+from ..engine import JobStatus, NotAccepting, QueueFull
+from ..engine.client import EngineClient, JobAudio, JobEvent, JobHandle, JobInfo
 from ..models import registry
 from .schemas import (
     CLIENT_JOB_ID_PATTERN,
@@ -28,6 +33,9 @@ from .schemas import (
     Timings,
 )
 
+if TYPE_CHECKING:
+    from .app import ServiceState
+
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     401: {"description": "missing or wrong bearer token (only when STABLE_AUDIO_API_KEY is set)"},
     413: {"description": "request body too large"},
@@ -37,61 +45,68 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 router = APIRouter(responses=ERROR_RESPONSES)
 RETRY_AFTER_S = "5"
 DISCONNECT_POLL_S = 0.5
+SSE_KEEPALIVE_S = 15.0
 AUDIO_MEDIA = {media: fmt for fmt, media in MEDIA_TYPES.items()} | {"audio/x-wav": "wav", "audio/mp3": "mp3"}
 # A result above this many bytes is base64-encoded and serialised in a worker thread, not on the event loop.
 BIG_PAYLOAD_BYTES = 256 * 1024
 
 
 # -- dependencies ---------------------------------------------------------------------------------
-def get_state(request: Request):
+def get_state(request: Request) -> ServiceState:
     return request.app.state.service
 
 
-def get_engine(request: Request) -> Engine:
-    """The engine, only while it takes new work (503 while loading, after a failed load, or draining)."""
+def _unready(detail: str) -> HTTPException:
+    return HTTPException(503, detail=detail, headers={"Retry-After": RETRY_AFTER_S})
+
+
+async def get_client(request: Request) -> EngineClient:
+    """The backend, only while it takes new work (503 while loading, after a failed load, or draining)."""
     state = get_state(request)
-    if state.status != "ok" or state.engine is None:
-        raise HTTPException(503, detail=state.reason or "not ready", headers={"Retry-After": RETRY_AFTER_S})
-    if not state.engine.accepting:
-        raise HTTPException(503, detail="the service is shutting down", headers={"Retry-After": RETRY_AFTER_S})
-    return state.engine
+    if state.status != "ok" or state.client is None:
+        raise _unready(state.reason or "not ready")
+    if not (await state.client.health()).accepting:
+        raise _unready("the service is shutting down")
+    return state.client
 
 
-def get_reading_engine(request: Request) -> Engine:
-    """The engine for reads of existing jobs: also while draining, so results finishing in the grace
+def get_reading_client(request: Request) -> EngineClient:
+    """The backend for reads of existing jobs: also while draining, so results finishing in the grace
     period can still be fetched."""
     state = get_state(request)
-    if state.engine is None:
-        raise HTTPException(503, detail=state.reason or "not ready", headers={"Retry-After": RETRY_AFTER_S})
-    return state.engine
+    if state.client is None:
+        raise _unready(state.reason or "not ready")
+    return state.client
 
 
-EngineDep = Annotated[Engine, Depends(get_engine)]
-ReadingEngineDep = Annotated[Engine, Depends(get_reading_engine)]
+ClientDep = Annotated[EngineClient, Depends(get_client)]
+ReadingClientDep = Annotated[EngineClient, Depends(get_reading_client)]
 ClientJobId = Annotated[
     str | None, Query(pattern=CLIENT_JOB_ID_PATTERN, description="Echoed in meta; also accepted in the body.")
 ]
 
 
 # -- helpers ------------------------------------------------------------------------------------
-def _resolve(request: Request, engine: Engine, body: StableAudioRequest, query_id: str | None) -> service.Resolved:
-    return service.resolve(body, engine.model, get_state(request).settings, query_id)
+def _resolve(
+    request: Request, client: EngineClient, body: StableAudioRequest, query_id: str | None
+) -> service.Resolved:
+    return service.resolve(body, client.model, get_state(request).settings, query_id)
 
 
 async def _resolve_async(
-    request: Request, engine: Engine, body: StableAudioRequest, query_id: str | None
+    request: Request, client: EngineClient, body: StableAudioRequest, query_id: str | None
 ) -> service.Resolved:
     if service.has_uploads(body):  # decoding and resampling take a while: off the event loop
-        return await run_in_threadpool(_resolve, request, engine, body, query_id)
-    return _resolve(request, engine, body, query_id)
+        return await run_in_threadpool(_resolve, request, client, body, query_id)
+    return _resolve(request, client, body, query_id)
 
 
-def _submit(engine: Engine, resolved: service.Resolved, keep: bool = True) -> Job:
+async def _submit(client: EngineClient, resolved: service.Resolved, keep: bool = True) -> JobHandle:
     from opentelemetry import context as otel_context
 
     trace_id, span_id = telemetry.span_ids()
     try:
-        return engine.submit(
+        return await client.submit(
             resolved.params,
             format=resolved.format,
             client_job_id=resolved.client_job_id,
@@ -103,39 +118,100 @@ def _submit(engine: Engine, resolved: service.Resolved, keep: bool = True) -> Jo
         raise HTTPException(429, detail=str(exc), headers={"Retry-After": RETRY_AFTER_S}) from None
     except NotAccepting as exc:
         telemetry.record_rejected("not_accepting")
-        raise HTTPException(503, detail=str(exc), headers={"Retry-After": RETRY_AFTER_S}) from None
+        raise _unready(str(exc)) from None
 
 
-def _meta(job: Job) -> ResponseMetadata:
-    ctx = job.context or {}
-    loras = [{"name": r.name, "strength": r.strength} for r in job.params.loras] or None  # LoRA (issue 16)
-    return ResponseMetadata(
-        client_job_id=job.client_job_id, trace_id=ctx.get("trace_id"), span_id=ctx.get("span_id"), loras=loras
-    )
+async def _ticks(events: AsyncIterator[JobEvent], period_s: float) -> AsyncIterator[JobEvent | None]:
+    """`events`, with a None after each `period_s` without one (for keep-alives and disconnect checks). The
+    stream is read by a task of its own: a timeout must not interrupt it, since that would close it (and closing a
+    `/predict` job's stream cancels the job). Closing this closes `events`."""
+    queue: asyncio.Queue[Any] = asyncio.Queue()
+    end = object()
+
+    async def pump() -> None:
+        try:
+            async for event in events:
+                queue.put_nowait(event)
+        finally:
+            queue.put_nowait(end)
+
+    task = asyncio.create_task(pump())
+    try:
+        while True:
+            try:
+                item = await asyncio.wait_for(queue.get(), timeout=period_s)
+            except TimeoutError:
+                yield None
+                continue
+            if item is end:
+                await task  # the stream ended: re-raise its error, if any
+                return
+            yield item
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
-def _result(job: Job) -> StableAudioResponse:
-    res = job.result
-    assert res is not None
+def _meta(info: JobInfo) -> ResponseMetadata:
+    loras = [{"name": r.name, "strength": r.strength} for r in info.loras] or None
+    return ResponseMetadata(client_job_id=info.client_job_id, trace_id=info.trace_id, span_id=info.span_id, loras=loras)
+
+
+def _result(audio: JobAudio) -> StableAudioResponse:
+    info, res = audio.info, audio.info.result
+    assert res is not None and audio.data is not None
     return StableAudioResponse(
-        audio_b64=base64.b64encode(res.data).decode("ascii"),
+        audio_b64=base64.b64encode(audio.data).decode("ascii"),
         sample_rate=res.sample_rate,
         duration=round(res.duration, 6),
-        meta=_meta(job),
+        meta=_meta(info),
         channels=res.channels,
         num_samples=res.num_samples,
-        seed=job.params.seed,
+        seed=info.seed,
         format=res.format,
-        timings=Timings(**job.timings),
+        timings=Timings(**info.timings),
     )
 
 
-def _raise_for(job: Job) -> None:
-    if job.status == JobStatus.cancelled:
+def _raise_for(info: JobInfo) -> None:
+    if info.status == JobStatus.cancelled:
         raise HTTPException(409, detail="the job was cancelled")
-    if job.status == JobStatus.failed:
-        headers = {"Retry-After": RETRY_AFTER_S} if job.error_status == 503 else None
-        raise HTTPException(job.error_status or 500, detail=job.error or "generation failed", headers=headers)
+    if info.status == JobStatus.failed:
+        headers = {"Retry-After": RETRY_AFTER_S} if info.error_status == 503 else None
+        raise HTTPException(info.error_status or 500, detail=info.error or "generation failed", headers=headers)
+
+
+def job_view(info: JobInfo) -> JobView:
+    """A job as `GET /jobs/{id}` and `DELETE` show it: everything but the audio, which has its own URL."""
+    res = info.result if info.status == JobStatus.done else None
+    timings = Timings(**info.timings)
+    return JobView(
+        id=info.id,
+        status=info.status.value,
+        position=info.position,
+        step=info.step,
+        total_steps=info.total_steps,
+        created=info.created,
+        started=info.started,
+        finished=info.finished,
+        timings=timings,
+        error=info.error,
+        meta=_meta(info),
+        result=None
+        if res is None
+        else JobResultInfo(
+            audio_url=f"/jobs/{info.id}/audio",
+            sample_rate=res.sample_rate,
+            duration=round(res.duration, 6),
+            channels=res.channels,
+            num_samples=res.num_samples,
+            seed=info.seed,
+            format=res.format,
+            bytes=res.bytes,
+            timings=timings,
+        ),
+    )
 
 
 def wanted_audio_format(request: Request) -> str | None:
@@ -151,28 +227,27 @@ def wanted_audio_format(request: Request) -> str | None:
     return None
 
 
-def audio_response(job: Job) -> Response:
+def audio_response(audio: JobAudio) -> Response:
     """The file itself, with the metadata in headers (`X-Seed`, `X-Sample-Rate`, ...)."""
-    res = job.result
-    assert res is not None
-    ctx = job.context or {}
+    info, res = audio.info, audio.info.result
+    assert res is not None and audio.data is not None
     headers = {
-        "X-Seed": str(job.params.seed),
+        "X-Seed": str(info.seed),
         "X-Sample-Rate": str(res.sample_rate),
         "X-Channels": str(res.channels),
         "X-Num-Samples": str(res.num_samples),
         "X-Duration": f"{res.duration:.6f}",
         "X-Format": res.format,
-        "Content-Disposition": f'attachment; filename="{job.id}.{res.format}"',
+        "Content-Disposition": f'attachment; filename="{info.id}.{res.format}"',
     }
     for header, value in (
-        ("X-Client-Job-Id", job.client_job_id),
-        ("X-Trace-Id", ctx.get("trace_id")),
-        ("X-Span-Id", ctx.get("span_id")),
+        ("X-Client-Job-Id", info.client_job_id),
+        ("X-Trace-Id", info.trace_id),
+        ("X-Span-Id", info.span_id),
     ):
         if value:
             headers[header] = value
-    return Response(res.data, media_type=MEDIA_TYPES[res.format], headers=headers)
+    return Response(audio.data, media_type=MEDIA_TYPES[res.format], headers=headers)
 
 
 async def json_response(model: Any, size_hint: int) -> Response:
@@ -188,39 +263,44 @@ async def json_response(model: Any, size_hint: int) -> Response:
 
 # -- service routes -------------------------------------------------------------------------------
 @router.get("/health", response_model=HealthResponse, tags=["service"])
-def health(request: Request) -> Any:
+async def health(request: Request) -> Any:
     state = get_state(request)
     model = state.model.name if state.model is not None else None
-    healthy = getattr(state.engine, "healthy", True) if state.engine is not None else True
-    if state.status == "ok" and healthy:
-        return {"status": "ok", "service": SERVICE, "version": __version__, "model": model}
-    status = state.status if state.status != "ok" else "error"
-    reason = state.reason if state.status != "ok" else getattr(state.engine, "fatal_reason", "the engine stopped")
+    if state.status != "ok" or state.client is None:
+        status, reason = state.status if state.status != "ok" else "loading", state.reason
+    else:
+        h = await state.client.health()
+        if h.healthy:
+            return {"status": "ok", "service": SERVICE, "version": __version__, "model": model}
+        status, reason = "error", h.reason or "the engine stopped"
     body = {"status": status, "service": SERVICE, "version": __version__, "model": model, "detail": reason}
     return JSONResponse(body, status_code=503, headers={"Retry-After": RETRY_AFTER_S})
 
 
 @router.get("/ready", tags=["service"])
-def ready(request: Request) -> Any:
+async def ready(request: Request) -> Any:
     state = get_state(request)
-    engine = state.engine
-    if state.status == "ok" and engine is not None and engine.accepting:
-        body = {"ready": True, "queue_depth": engine.queue_depth(), "running": engine.running_count()}
-        if getattr(engine, "replicas", None) is not None:  # a Ray Serve cluster (ray_serve.py): live model replicas
-            body["replicas"] = engine.replicas
-        return body
-    if state.status != "ok":
+    client = state.client
+    if state.status != "ok" or client is None:
         reason = state.reason
-    elif engine is not None and not getattr(engine, "healthy", True):
-        reason = getattr(engine, "fatal_reason", "the engine stopped")
     else:
-        reason = "the engine is not accepting work (shutting down)"
+        h = await client.health()
+        if h.accepting:
+            stats = await client.stats()
+            body: dict[str, Any] = {"ready": True, "queue_depth": stats.queue_depth, "running": stats.running}
+            if h.replicas is not None:
+                body["replicas"] = h.replicas
+            return body
+        reason = (
+            (h.reason or "the engine stopped") if not h.healthy else "the engine is not accepting work (shutting down)"
+        )
     return JSONResponse({"ready": False, "detail": reason}, status_code=503, headers={"Retry-After": RETRY_AFTER_S})
 
 
 @router.get("/models", tags=["service"])
-def models(request: Request, engine: EngineDep) -> Any:
-    m = engine.model
+async def models(request: Request, client: ClientDep) -> Any:
+    m = client.model
+    stats = await client.stats()
     settings = get_state(request).settings
     known = registry.lookup(m.name)
     return {
@@ -235,7 +315,7 @@ def models(request: Request, engine: EngineDep) -> Any:
         **m.describe(),
         "fields": service.request_fields(m, settings),
         "capabilities": service.capabilities(m, settings),
-        "batching": {"max_batch_size": engine.max_batch_size, "queue_size": engine.queue_size},
+        "batching": {"max_batch_size": stats.max_batch_size, "queue_size": stats.queue_size},
         "hub_id": known.hub_id if known else None,
         "registry": [
             {
@@ -270,7 +350,7 @@ AUDIO_CONTENT = {media: {} for media in MEDIA_TYPES.values()}
     },
 )
 async def predict(
-    body: StableAudioRequest, request: Request, engine: EngineDep, client_job_id: ClientJobId = None
+    body: StableAudioRequest, request: Request, client: ClientDep, client_job_id: ClientJobId = None
 ) -> Any:
     """Generate and wait. A client that disconnects cancels its work. `Accept: audio/wav` (or flac, ogg,
     mpeg) returns the file itself with the metadata in `X-` headers; JSON is the default."""
@@ -284,28 +364,30 @@ async def predict(
         )
     if want is not None:
         body.format = want
-    resolved = await _resolve_async(request, engine, body, client_job_id)
-    job = _submit(engine, resolved, keep=False)  # the engine forgets it once answered: this route holds it
-    queue = engine.subscribe(job)
+    resolved = await _resolve_async(request, client, body, client_job_id)
+    job = await _submit(client, resolved, keep=False)  # forgotten once it ends: this route holds the result
+    info = await _wait_for_end(request, job)
+    _raise_for(info)
+    audio = await job.audio()
+    if want is not None:
+        return audio_response(audio)
+    return await json_response(_result(audio), len(audio.data or b""))
+
+
+async def _wait_for_end(request: Request, job: JobHandle) -> JobInfo:
+    """Follow `job` to its end. A client that goes away closes the stream, which cancels the job (submitted with
+    `keep=False`, it is this request's alone)."""
     loop = asyncio.get_running_loop()
     next_check = loop.time() + DISCONNECT_POLL_S
-    try:
-        while job.status not in TERMINAL:
-            try:
-                await asyncio.wait_for(queue.get(), timeout=DISCONNECT_POLL_S)
-            except TimeoutError:
-                pass
-            if loop.time() >= next_check:  # step events may arrive faster than the poll interval
+    async with contextlib.aclosing(_ticks(job.events(), DISCONNECT_POLL_S)) as events:
+        async for event in events:
+            if event is not None and event.terminal:
+                return event.job
+            if event is None or loop.time() >= next_check:  # step events may come faster than the poll interval
                 next_check = loop.time() + DISCONNECT_POLL_S
                 if await request.is_disconnected():
-                    engine.cancel(job.id)
                     raise HTTPException(499, detail="client disconnected")
-    finally:
-        engine.unsubscribe(job, queue)
-    _raise_for(job)
-    if want is not None:
-        return audio_response(job)
-    return await json_response(_result(job), len(job.result.data) if job.result else 0)
+    return job.info  # the stream ended without a terminal event: the backend says what it knows
 
 
 @router.post(
@@ -316,49 +398,24 @@ async def predict(
     responses={429: {"description": "queue full; see Retry-After"}},
 )
 async def create_job(
-    body: StableAudioRequest, request: Request, engine: EngineDep, client_job_id: ClientJobId = None
+    body: StableAudioRequest, request: Request, client: ClientDep, client_job_id: ClientJobId = None
 ) -> Any:
-    resolved = await _resolve_async(request, engine, body, client_job_id)
-    job = _submit(engine, resolved)
-    return JobAccepted(id=job.id, status=job.status.value, position=engine.position(job), meta=_meta(job))
+    resolved = await _resolve_async(request, client, body, client_job_id)
+    info = (await _submit(client, resolved)).info
+    return JobAccepted(id=info.id, status=info.status.value, position=info.position, meta=_meta(info))
 
 
-def _job_or_404(engine: Engine, job_id: str) -> Job:
-    job = engine.get(job_id)
-    if job is None:
-        raise HTTPException(404, detail=f"no job {job_id!r} (unknown, or expired after the retention time)")
-    return job
-
-
-def _job_view(engine: Engine, job: Job) -> JobView:
-    s = job.summary()
-    res = job.result if job.status == JobStatus.done else None
-    info = None
-    if res is not None:
-        info = JobResultInfo(
-            audio_url=f"/jobs/{job.id}/audio",
-            sample_rate=res.sample_rate,
-            duration=round(res.duration, 6),
-            channels=res.channels,
-            num_samples=res.num_samples,
-            seed=job.params.seed,
-            format=res.format,
-            bytes=len(res.data),
-            timings=Timings(**s["timings"]),
-        )
-    return JobView(
-        **{k: s[k] for k in ("id", "status", "step", "total_steps", "created", "started", "finished", "error")},
-        position=engine.position(job),
-        timings=Timings(**s["timings"]),
-        meta=_meta(job),
-        result=info,
-    )
+def _no_such_job(job_id: str) -> HTTPException:
+    return HTTPException(404, detail=f"no job {job_id!r} (unknown, or expired after the retention time)")
 
 
 @router.get("/jobs/{job_id}", response_model=JobView, tags=["jobs"], responses={404: {"description": "no such job"}})
-def get_job(job_id: str, engine: ReadingEngineDep) -> Any:
+async def get_job(job_id: str, client: ReadingClientDep) -> Any:
     """Status and timings; once done, `result.audio_url` points at the file (`GET /jobs/{id}/audio`)."""
-    return _job_view(engine, _job_or_404(engine, job_id))
+    info = await client.get(job_id)
+    if info is None:
+        raise _no_such_job(job_id)
+    return job_view(info)
 
 
 @router.get(
@@ -371,14 +428,17 @@ def get_job(job_id: str, engine: ReadingEngineDep) -> Any:
         409: {"description": "not finished, cancelled or failed"},
     },
 )
-def get_job_audio(job_id: str, engine: ReadingEngineDep) -> Response:
-    job = _job_or_404(engine, job_id)
-    if job.status not in TERMINAL:
-        raise HTTPException(409, detail=f"job is {job.status.value}; wait for it (GET /jobs/{job_id}/events)")
-    _raise_for(job)
-    if job.result is None:
+async def get_job_audio(job_id: str, client: ReadingClientDep) -> Response:
+    audio = await client.audio(job_id)
+    if audio is None:
+        raise _no_such_job(job_id)
+    info = audio.info
+    if not info.ended:
+        raise HTTPException(409, detail=f"job is {info.status.value}; wait for it (GET /jobs/{job_id}/events)")
+    _raise_for(info)
+    if audio.data is None:
         raise HTTPException(404, detail="the result was evicted (STABLE_AUDIO_MAX_RESULT_BYTES / retention)")
-    return audio_response(job)
+    return audio_response(audio)
 
 
 @router.delete(
@@ -387,12 +447,13 @@ def get_job_audio(job_id: str, engine: ReadingEngineDep) -> Response:
     tags=["jobs"],
     responses={404: {"description": "no such job"}, 409: {"description": "already finished"}},
 )
-def cancel_job(job_id: str, engine: ReadingEngineDep) -> Any:
-    job = _job_or_404(engine, job_id)
-    if job.status in (JobStatus.done, JobStatus.failed):
-        raise HTTPException(409, detail=f"job already {job.status.value}")
-    engine.cancel(job_id)
-    return _job_view(engine, job)
+async def cancel_job(job_id: str, client: ReadingClientDep) -> Any:
+    info = await client.cancel(job_id)  # a job that already ended is left as it is
+    if info is None:
+        raise _no_such_job(job_id)
+    if info.status in (JobStatus.done, JobStatus.failed):
+        raise HTTPException(409, detail=f"job already {info.status.value}")
+    return job_view(info)
 
 
 @router.get(
@@ -401,25 +462,22 @@ def cancel_job(job_id: str, engine: ReadingEngineDep) -> Any:
     response_class=StreamingResponse,
     responses={404: {"description": "no such job"}},
 )
-async def job_events(job_id: str, request: Request, engine: ReadingEngineDep) -> StreamingResponse:
+async def job_events(job_id: str, request: Request, client: ReadingClientDep) -> StreamingResponse:
     """Server-Sent Events: `queued` (position), `step` (step/total), then `done`, `failed` or `cancelled`."""
-    job = _job_or_404(engine, job_id)
+    job = await client.follow(job_id)
+    if job is None:
+        raise _no_such_job(job_id)
 
-    async def stream():
-        queue = engine.subscribe(job)
-        try:
-            while True:
-                try:
-                    event = await asyncio.wait_for(queue.get(), timeout=15)
-                except TimeoutError:
+    async def stream() -> AsyncIterator[str]:
+        async with contextlib.aclosing(_ticks(job.events(), SSE_KEEPALIVE_S)) as events:
+            async for event in events:
+                if event is None:
                     if await request.is_disconnected():
                         return
                     yield ": keep-alive\n\n"
                     continue
-                yield f"event: {event['type']}\ndata: {json.dumps(event)}\n\n"
-                if event["type"] in ("done", "failed", "cancelled"):
+                yield f"event: {event.type}\ndata: {json.dumps(event.data)}\n\n"
+                if event.terminal:
                     return
-        finally:
-            engine.unsubscribe(job, queue)
 
     return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
