@@ -11,6 +11,10 @@ so step events arrive while the clip is denoised. Both return the same `Generati
         result = client.generate("rain on a tin roof", duration=5, seed=7)
         open("rain.wav", "wb").write(result.audio)
 
+A deadline: `generate(..., max_wait_s=30)` (or `submit`) asks the service to refuse at once what it estimates it
+cannot finish within 30 s (`DeadlineRefused`, with the estimate and a Retry-After; not retried, so the caller is
+never kept past its own deadline by the client). Events say `eta_s`, the service's estimate of the seconds left.
+
 Only `httpx` and `httpx-sse` are needed at import time (no torch); `to_numpy()` uses soundfile.
 """
 
@@ -37,6 +41,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AsyncStableAudioClient",
+    "DeadlineRefused",
     "GenerationResult",
     "JobCancelled",
     "JobEvent",
@@ -109,6 +114,20 @@ class StableAudioError(Exception):
         return str(self.detail)
 
 
+class DeadlineRefused(StableAudioError):
+    """503 at once: the service estimated that the request would finish after its deadline (`max_wait_s`, the
+    `Request-Timeout` header or the server's default), or that taking it would make an accepted request late.
+    Not retried by the client: the caller's deadline is the caller's to weigh against `retry_after` (when the
+    service estimates the same request would make it). `estimate_s`: seconds to the result had it been queued;
+    `alone_s`: what it takes on an idle server (above `max_wait_s`, no retry can succeed)."""
+
+    def __init__(self, status: int, detail: Any, retry_after: float | None, body: Mapping[str, Any]) -> None:
+        super().__init__(status, detail, retry_after)
+        self.estimate_s: float | None = body.get("estimate_s")
+        self.max_wait_s: float | None = body.get("max_wait_s")
+        self.alone_s: float | None = body.get("alone_s")
+
+
 class JobFailed(StableAudioError):
     """A job ended `failed` (its `status` is what `/predict` would have answered, e.g. 500 or 503)."""
 
@@ -159,8 +178,8 @@ class GenerationResult:
 
 @dataclass(frozen=True)
 class JobEvent:
-    """One event of a job's stream: `queued` (position), `step` (step, total), then `done`, `failed` or
-    `cancelled`. The `done` event carries the fetched `result`."""
+    """One event of a job's stream: `queued` (position, eta_s), `step` (step, total, eta_s), then `done`, `failed`
+    or `cancelled`. The `done` event carries the fetched `result`."""
 
     type: str
     job_id: str
@@ -178,6 +197,12 @@ class JobEvent:
     @property
     def position(self) -> int | None:
         return self.data.get("position")
+
+    @property
+    def eta_s(self) -> float | None:
+        """The service's estimate of the seconds left until the result (`queued` and `step` events); None before
+        the service has measured its speed."""
+        return self.data.get("eta_s")
 
 
 ProgressCallback = Callable[[JobEvent], Any]
@@ -236,10 +261,18 @@ def _retry_after(response: httpx.Response) -> float | None:
 
 def _error(response: httpx.Response) -> StableAudioError:
     try:
-        detail = response.json().get("detail", response.text)
+        body = response.json()
+        detail = body.get("detail", response.text)
     except (ValueError, AttributeError):
-        detail = response.text or response.reason_phrase
+        body, detail = {}, response.text or response.reason_phrase
+    if _is_deadline_refusal(response, body):
+        return DeadlineRefused(response.status_code, detail, _retry_after(response), body)
     return StableAudioError(response.status_code, detail, _retry_after(response))
+
+
+def _is_deadline_refusal(response: httpx.Response, body: Any) -> bool:
+    """A 503 whose body carries the service's estimate: refused for a deadline, not for being unavailable."""
+    return response.status_code == 503 and isinstance(body, dict) and "estimate_s" in body
 
 
 def _result_from_audio(response: httpx.Response, job_id: str | None, timings: dict | None) -> GenerationResult:
@@ -292,9 +325,16 @@ class _Policy:
         self.max_retry_wait = max_retry_wait
 
     def delay(self, response: httpx.Response, attempt: int) -> float | None:
-        """Seconds to wait before retrying after `attempt` (0-based) got `response`, or None: do not retry."""
+        """Seconds to wait before retrying after `attempt` (0-based) got `response`, or None: do not retry (nor a
+        deadline refusal: a retry would make the caller wait past the deadline it gave, see `DeadlineRefused`)."""
         if response.status_code not in RETRY_STATUSES or attempt >= self.retries:
             return None
+        if response.status_code == 503:
+            try:
+                if _is_deadline_refusal(response, response.json()):
+                    return None
+            except ValueError:
+                pass
         after = _retry_after(response)
         if after is None:  # no hint: exponential backoff with jitter
             after = min(2.0**attempt, 30.0) * (0.5 + random.random() / 2)
@@ -356,7 +396,9 @@ class StableAudioClient:
 
     # jobs
     def submit(self, prompt: str, **params: Any) -> dict[str, Any]:
-        """`POST /jobs`: queue a generation; returns `{id, status, position, meta}` at once."""
+        """`POST /jobs`: queue a generation; returns `{id, status, position, eta_s, meta}` at once (`eta_s`: the
+        service's estimate of the seconds until the result). `max_wait_s=` gives the request a deadline: the
+        service refuses at once (`DeadlineRefused`) what it estimates it cannot finish by then."""
         return self._request("POST", "/jobs", json=build_body(prompt, params)).json()
 
     def job(self, job_id: str) -> dict[str, Any]:

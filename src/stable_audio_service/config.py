@@ -40,6 +40,18 @@ class Settings(BaseSettings):
     batch_wait_ms: int = Field(20, ge=0)
     queue_size: int = Field(64, ge=1)
     queue_timeout_s: float = Field(900.0, gt=0, description="A request still queued after this long gets 503.")
+    default_max_wait_s: float | None = Field(
+        None,
+        gt=0,
+        description="The deadline of a request that names none (`max_wait_s` or a `Request-Timeout` header): one "
+        "estimated to finish later is refused at once with 503 and a Retry-After, and one still queued when it "
+        "passes is answered 503 instead of run. Unset: no deadline.",
+    )
+    estimate_warm_up: bool = Field(
+        True,
+        description="At start-up, time one short generation (a few steps and a decode at the model's defaults) so "
+        "that wait estimates, and refusals of requests that would miss their deadline, work from the first request.",
+    )
     text_cache_size: int = Field(256, ge=0)
     job_ttl_s: float = Field(3600.0, gt=0)
     max_jobs_kept: int = Field(256, ge=1)

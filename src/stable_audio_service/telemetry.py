@@ -210,7 +210,8 @@ RTF_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 16, 32)
 class Metrics:
     """The service's instruments. In Prometheus they read as
     stable_audio_requests_total{outcome}, stable_audio_request_duration_seconds{outcome},
-    stable_audio_queue_depth, stable_audio_running, stable_audio_batch_size, stable_audio_audio_generated_seconds_total,
+    stable_audio_queue_depth, stable_audio_queue_drain_seconds, stable_audio_running, stable_audio_batch_size,
+    stable_audio_audio_generated_seconds_total,
     stable_audio_realtime_factor, stable_audio_device_memory_used_bytes{device,scope},
     stable_audio_lora_uses_total{adapter,outcome}."""
 
@@ -253,6 +254,13 @@ class Metrics:
             "stable_audio.queue.depth", [self._queue_depth], unit="1", description="Requests waiting in the queue."
         )
         meter.create_observable_gauge(
+            "stable_audio.queue.drain",
+            [self._queue_drain],
+            unit="s",
+            description="Estimated seconds until the work queued and running now is done, from the measured speed "
+            "(absent before anything was measured).",
+        )
+        meter.create_observable_gauge(
             "stable_audio.running", [self._running], unit="1", description="Requests being generated now."
         )
         meter.create_observable_gauge(
@@ -265,6 +273,12 @@ class Metrics:
 
     def _queue_depth(self, _options):
         yield self._observation(sum(e.queue_depth() for e in list(_engines)))
+
+    def _queue_drain(self, _options):
+        # engines drain side by side, so the service's figure is the longest; engines without an estimate say nothing
+        estimates = [d for e in list(_engines) if (d := getattr(e, "drain_s", lambda: None)()) is not None]
+        if estimates:
+            yield self._observation(max(estimates))
 
     def _running(self, _options):
         yield self._observation(sum(e.running_count() for e in list(_engines)))

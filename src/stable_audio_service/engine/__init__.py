@@ -82,7 +82,7 @@ __all__ = [
 ]
 
 log = logging.getLogger("stable_audio_service.engine")
-# Forward passes timed by the start-up warm-up; the first one is not counted (lazy initialisation).
+# The start-up warm-up: two short generations of this many forward passes, the second one timed.
 WARM_UP_STEPS = 3
 
 
@@ -177,10 +177,17 @@ class Engine:
 
     # -- lifecycle -------------------------------------------------------------------
     def start(self) -> None:
-        if self.warm_up:
-            self._warm_up()
-        self._thread = threading.Thread(target=self._worker.run, name="stable-audio-engine", daemon=True)
+        """Start the worker (and, with `warm_up`, wait until it has timed its warm-up generation: on the worker's
+        own thread, since the same calls were measured several times slower on another thread)."""
+        warmed = threading.Event()
+        self._thread = threading.Thread(
+            target=self._worker.run,
+            kwargs={"before": self._warm_up if self.warm_up else None, "started": warmed},
+            name="stable-audio-engine",
+            daemon=True,
+        )
         self._thread.start()
+        warmed.wait()
         self._janitor = threading.Thread(target=self._janitor_loop, name="stable-audio-janitor", daemon=True)
         self._janitor.start()
 
@@ -448,7 +455,7 @@ class Engine:
         return self._monotonic() if self._monotonic is not None else time.monotonic()
 
     def _warm_up(self) -> None:
-        """Time one short generation at the model's default parameters (see `Worker.warm_up`)."""
+        """Time a short generation at the model's default parameters (see `Worker.warm_up`; worker thread)."""
         limits = self.model.limits
         params = GenerationParams(
             prompt="warm-up",

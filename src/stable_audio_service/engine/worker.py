@@ -17,6 +17,7 @@ refreshed (`stamp`) and queued jobs hear their place and ETA.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -81,9 +82,16 @@ class Worker:
         }
 
     # -- the loop --------------------------------------------------------------------
-    def run(self) -> None:
-        """The thread's body, guarded as a whole: a batch's errors fail that batch; anything else is fatal."""
+    def run(self, before: Callable[[], None] | None = None, started: threading.Event | None = None) -> None:
+        """The thread's body, guarded as a whole: a batch's errors fail that batch; anything else is fatal.
+        `before()` runs first, on this thread (the engine's warm-up); `started` is set once the loop begins."""
         try:
+            try:
+                if before is not None:
+                    before()
+            finally:
+                if started is not None:
+                    started.set()
             while True:
                 taken = self.take_batch()
                 if taken is None:
@@ -372,29 +380,41 @@ class Worker:
         except BaseException:
             return None
 
-    def warm_up(self, params: GenerationParams, steps: int) -> None:
-        """Measure the model once before any request: `model.start`, `steps` forward passes of one row (the first
-        not counted: it pays for lazy initialisation), and the decode, for `params`' batch key. Not counted in
-        `stats`, and its state is released; a failure is logged and left to the first request to meet."""
+    def warm_up(self, params: GenerationParams, steps: int, rounds: int = 2) -> None:
+        """Measure the model before any request: `rounds` short generations (`model.start`, `steps` forward passes
+        of one row, the decode) for `params`' batch key, of which only the last is timed: the first calls pay for
+        lazy initialisation (kernels chosen, memory first touched), and were measured several times slower than
+        the same calls a moment later. Not counted in `stats`; states are released; an error propagates (the
+        engine logs it and leaves the estimate to the first request)."""
         key = self._key_of(params)
+        for round_ in range(rounds):
+            timed = round_ == rounds - 1
+            # a prompt of its own per round, so the timed start encodes text as a request's does
+            p = dataclasses.replace(params, prompt=f"{params.prompt} {round_}")
+            self._warm_up_once(p, key, steps, timed)
+
+    def _warm_up_once(self, params: GenerationParams, key: Hashable, steps: int, timed: bool) -> None:
         model, clock, costs = self.model, self._clock, self.scheduler.costs
         t0 = clock()
         state = model.start(params)
         try:
-            with self._cond:
-                costs.observe_start(key, clock() - t0)
-            for i in range(steps):
+            started = clock() - t0
+            passes = []
+            for _ in range(steps):
                 t0 = clock()
                 model.step([state])
-                if i:
-                    with self._cond:
-                        costs.observe_step(key, 1, clock() - t0)
+                passes.append(clock() - t0)
             t0 = clock()
             model.finish(state)
-            with self._cond:
-                costs.observe_finish(key, clock() - t0)
+            finished = clock() - t0
         finally:
             self._release_state(state)
+        if timed:
+            with self._cond:
+                costs.observe_start(key, started)
+                for seconds in passes:
+                    costs.observe_step(key, 1, seconds)
+                costs.observe_finish(key, finished)
 
     def _fail_broken(self, broken: list[tuple[Job, Exception]]) -> None:
         for job, exc in broken:

@@ -20,6 +20,23 @@ function setBusy(busy) {
   $("gen-form").setAttribute("aria-busy", busy ? "true" : "false");
 }
 
+// The service's estimate of the seconds left (`eta_s` of POST /jobs, the job view and its events), as words; ""
+// when there is none (the service has not measured its speed yet).
+export function etaText(eta) {
+  if (typeof eta !== "number" || !Number.isFinite(eta)) return "";
+  if (eta < 1) return "about to finish";
+  if (eta < 90) return `about ${Math.round(eta)} s`;
+  return `about ${Math.round(eta / 60)} min`;
+}
+
+function queuedText(position, eta) {
+  const parts = ["Queued"];
+  if (position) parts.push(`position ${position}`);
+  const when = etaText(eta);
+  if (when) parts.push(when);
+  return parts.join(" · ");
+}
+
 function setProgress(text, step, total) {
   $("progress-box").hidden = false;
   const bar = $("progress");
@@ -88,7 +105,7 @@ export async function generate(ev) {
   }
   job.id = accepted.id;
   document.body.dataset.jobId = job.id;
-  setProgress(accepted.position ? `Queued · position ${accepted.position}` : "Starting…");
+  setProgress(accepted.position ? queuedText(accepted.position, accepted.eta_s) : "Starting…");
   let last = null;
   try {
     last = await streamEvents(job.id, job.abort.signal, (e) => onEvent(e));
@@ -142,11 +159,12 @@ function checkEdit(body) {
 
 function onEvent(e) {
   if (e.type === "queued") {
-    setProgress(e.position ? `Queued · position ${e.position}` : "Queued");
+    setProgress(queuedText(e.position, e.eta_s));
   } else if (e.type === "step" && !e.total) {
     setProgress("Starting…"); // picked up by the worker; the step count is not known yet
   } else if (e.type === "step") {
-    setProgress(`Step ${e.step} of ${e.total}`, e.step, e.total);
+    const left = etaText(e.eta_s);
+    setProgress(`Step ${e.step} of ${e.total}${left ? ` · ${left}` : ""}`, e.step, e.total);
   }
 }
 
@@ -157,8 +175,8 @@ async function pollUntilEnd(job) {
       if (view.status === "done") return { type: "done", timings: view.timings };
       if (view.status === "failed") return { type: "failed", error: view.error };
       if (view.status === "cancelled") return { type: "cancelled" };
-      if (view.status === "queued") onEvent({ type: "queued", position: view.position });
-      else onEvent({ type: "step", step: view.step, total: view.total_steps });
+      if (view.status === "queued") onEvent({ type: "queued", position: view.position, eta_s: view.eta_s });
+      else onEvent({ type: "step", step: view.step, total: view.total_steps, eta_s: view.eta_s });
     } catch (err) {
       if (err.status && err.status !== 503) return { type: "failed", error: err.message, status: err.status };
     }
@@ -180,7 +198,8 @@ async function onTerminal(job, last, body, edit) {
   if (last.type === "failed") {
     finish();
     $("progress-box").hidden = true;
-    showError(`Generation failed${last.status ? ` (${last.status})` : ""}: ${last.error || "unknown error"}`);
+    const retry = last.retry_after_s ? ` Retry in about ${Math.ceil(last.retry_after_s)} s.` : "";
+    showError(`Generation failed${last.status ? ` (${last.status})` : ""}: ${last.error || "unknown error"}${retry}`);
     return;
   }
   let view;
