@@ -182,6 +182,60 @@ def test_metrics_cover_every_replica(ray_client):
     assert sum(s.value for s in requests) >= 2
 
 
+def _members(protocol: type) -> dict[str, object]:
+    return {name: value for name, value in vars(protocol).items() if not name.startswith("_")}
+
+
+@pytest.mark.parametrize(
+    "protocol,implementations",
+    [
+        ("EngineClient", ["engine.local.LocalEngineClient", "serving.ray.client.RayEngineClient"]),
+        (
+            "JobHandle",
+            ["engine.local.LocalJob", "serving.ray.handles.SubmittedJob", "serving.ray.handles.FollowedJob"],
+        ),
+    ],
+)
+def test_both_backends_implement_the_protocol(protocol: str, implementations: list[str]):
+    """The routes are written against `EngineClient` and `JobHandle` only: each backend has every member, a
+    property where the protocol has one, and the same parameters, coroutine-ness and streaming as declared."""
+    import importlib
+    import inspect
+
+    from stable_audio_service.engine import client as protocols
+
+    declared = _members(getattr(protocols, protocol))
+    for dotted in implementations:
+        module, _, name = dotted.rpartition(".")
+        impl = getattr(importlib.import_module(f"stable_audio_service.{module}"), name)
+        for member, spec in declared.items():
+            got = inspect.getattr_static(impl, member, None)
+            assert got is not None, f"{name} lacks {member}"
+            if isinstance(spec, property):
+                assert isinstance(got, property), f"{name}.{member} should be a property"
+                continue
+            assert inspect.iscoroutinefunction(got) == inspect.iscoroutinefunction(spec), f"{name}.{member}"
+            if member == "events":
+                assert inspect.isasyncgenfunction(got), f"{name}.events should stream"
+            assert list(inspect.signature(got).parameters) == list(inspect.signature(spec).parameters), (
+                f"{name}.{member}"
+            )
+
+
+def test_refusals_cross_the_wire_with_their_estimates():
+    """A replica's refusal is pickled to the ingress and raised there as the engine's own exception."""
+    import pickle
+
+    from stable_audio_service.engine import NotAccepting, QueueFull, WouldMissDeadline
+    from stable_audio_service.serving.ray.wire import Refusal
+
+    late = WouldMissDeadline("too late", estimate_s=12.5, max_wait_s=5.0, retry_after_s=8.0, alone_s=3.0)
+    for exc in (QueueFull("full", 2.0), NotAccepting("stopping", None), late):
+        error = pickle.loads(pickle.dumps(Refusal.of("r1", exc))).error()
+        assert type(error) is type(exc) and str(error) == str(exc) and error.retry_after_s == exc.retry_after_s
+    assert error.detail() == late.detail()
+
+
 def test_cli_ray_flags_are_checked(tiny_dir: Path):
     runner = CliRunner()
     r = runner.invoke(cli_app, ["serve", "--replicas", "2", "--model", str(tiny_dir)])

@@ -1,8 +1,8 @@
 """What a generation request is while the engine holds it: `Job`, its status and its result.
 
-Kept apart from the machinery so that every reader of a job (the routes, the Ray ingress, telemetry, the
-scheduler's tests) depends on plain data only. A `Job`'s attributes are the public contract: the routes and
-telemetry read them and the Ray ingress rebuilds a replica's job by setting them, so they stay flat. Engine
+Kept apart from the machinery so that every reader of a job (the engine clients, telemetry, the scheduler's
+tests) depends on plain data only. A `Job` is mutable and touched by the engine's threads, so it never leaves the
+engine: callers see `JobInfo` views of it (engine/client.py), taken under the engine's lock. Engine
 bookkeeping that is nobody else's business lives with its owner instead (the queue deadline and batch key in
 the `Scheduler`, the retention time in the `JobStore`).
 """
@@ -148,22 +148,3 @@ class Job:
     @property
     def result_bytes(self) -> int:
         return len(self.result.data) if self.result is not None else 0
-
-    def summary(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "status": self.status.value,
-            "step": self.step,
-            "total_steps": self.total_steps,
-            "created": self.created,
-            "started": self.started,
-            "finished": self.finished,
-            "timings": dict(self.timings),
-            "error": self.error,
-            "position": self.position if self.status == JobStatus.queued else None,
-            "eta_s": None if self.ended else _rounded(self.remaining_s()),
-        }
-
-
-def _rounded(seconds: float | None) -> float | None:
-    return None if seconds is None else round(seconds, 2)
