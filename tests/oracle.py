@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 import torch
 
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "sa3-official"
@@ -191,7 +192,7 @@ def oracle_threads() -> int:
     return int(value) if value.isdigit() and int(value) > 0 else 1
 
 
-def seeded_generator(fx: Fixture, case: str) -> torch.Generator:
+def seeded_generator(fx: Any, case: str) -> torch.Generator:
     """The request's generator advanced past every draw the official generate() makes before decoding."""
     c = fx.cases[case]
     gen = torch.Generator().manual_seed(c["generate_kwargs"]["seed"])
@@ -254,3 +255,12 @@ FP16_DRAW_REL = 0.0 if DRAWS_BITWISE else 2e-3
 # (a2a audio, avx2), most cases 0.6x to 1.5x.
 FP16_SPREAD_MULTIPLE = 6.0
 FP16_FLOOR_REL = 2e-3
+
+
+@pytest.fixture(scope="module", autouse=True)
+def with_oracle_threads() -> Any:
+    """Import into an oracle test module: its tests run at `oracle_threads()` torch threads."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(oracle_threads())
+    yield
+    torch.set_num_threads(before)

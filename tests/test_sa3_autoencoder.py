@@ -59,12 +59,7 @@ class Fixture:
 
     def seeded_generator(self, case: str) -> torch.Generator:
         """A generator advanced past every draw the official generate() makes before decoding."""
-        c = self.cases[case]
-        gen = torch.Generator().manual_seed(c["generate_kwargs"]["seed"])
-        for draw in c["rng_draws"]:
-            if not draw["what"].startswith("decode"):
-                torch.randn(draw["shape"], generator=gen)
-        return gen
+        return oracle.seeded_generator(self, case)
 
     def finish(self, case: str, audio: torch.Tensor) -> torch.Tensor:
         """generate()'s post-processing: zero past the valid frames, clamp, truncate to the duration."""

@@ -30,7 +30,12 @@ from stable_audio_service.models.stable_audio_3.family import StableAudio3Model
 
 from . import oracle
 from .conftest import serve
-from .oracle import FIXTURES, maxdiff, params_of
+from .oracle import (
+    FIXTURES,
+    maxdiff,
+    params_of,
+    with_oracle_threads,  # noqa: F401 (autouse: this module's torch threads)
+)
 
 NAMES = ("medium-tiny", "small-tiny")
 REFERENCE = "reference-fp16.npz"
@@ -46,14 +51,6 @@ needs_fixtures = pytest.mark.skipif(
     not all((FIXTURES / name / REFERENCE).is_file() for name in NAMES),
     reason=f"{FIXTURES}/*/{REFERENCE} is absent (the oracle fixtures live beside the repository, in CI)",
 )
-
-
-@pytest.fixture(scope="module", autouse=True)
-def oracle_threads():
-    before = torch.get_num_threads()
-    torch.set_num_threads(oracle.oracle_threads())
-    yield
-    torch.set_num_threads(before)
 
 
 _MODELS: dict[str, StableAudio3Model] = {}

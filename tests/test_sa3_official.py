@@ -25,7 +25,14 @@ from stable_audio_service.models.stable_audio_3.family import StableAudio3Model,
 from stable_audio_service.models.tiny import make_tiny
 
 from . import oracle
-from .oracle import FIXTURES, fixture, fixture_cases, maxdiff, params_of
+from .oracle import (
+    FIXTURES,
+    fixture,
+    fixture_cases,
+    maxdiff,
+    params_of,
+    with_oracle_threads,  # noqa: F401 (autouse: this module's torch threads)
+)
 
 NAMES = ("medium-tiny", "small-tiny")
 CASES = [(name, case) for name in NAMES for case in fixture_cases(name)] or [("none", "none")]
@@ -33,14 +40,6 @@ STEP_CASES = [(name, case) for name in NAMES for case in fixture_cases(name, "de
 needs_fixtures = pytest.mark.skipif(
     not FIXTURES.is_dir(), reason=f"{FIXTURES} is absent (the oracle fixtures live beside the repository, in CI)"
 )
-
-
-@pytest.fixture(scope="module", autouse=True)
-def oracle_threads():
-    before = torch.get_num_threads()
-    torch.set_num_threads(oracle.oracle_threads())
-    yield
-    torch.set_num_threads(before)
 
 
 _MODELS: dict[tuple[str, SA3Options], StableAudio3Model] = {}
