@@ -1,4 +1,4 @@
-"""Issue 16: the cost of per-request LoRA adapters on the real-size Stable Audio 3 small DiT (random weights).
+"""The cost of per-request LoRA adapters on the real-size Stable Audio 3 small DiT (random weights).
 
 One denoising step = one DiT forward. Measured, interleaved round by round so a shared machine's load hits every
 variant alike (medians over rounds):
@@ -26,11 +26,13 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from stable_audio_service.adapters import Adapters, LayerPlan, SetPlan, Target
 from stable_audio_service.models.base import LoraRef
-from stable_audio_service.models.stable_audio_3 import lora, sampling
+from stable_audio_service.models.stable_audio_3 import sampling
 from stable_audio_service.models.stable_audio_3.conditioning import DurationConditioner
 from stable_audio_service.models.stable_audio_3.config import DiTConfig, NumberConfig
 from stable_audio_service.models.stable_audio_3.dit import DiffusionTransformer
+from stable_audio_service.models.stable_audio_3.lora_targets import sa3_targets
 
 from .common import machine_info, machine_line, md_table, med, quiet, write_results
 
@@ -76,7 +78,7 @@ def make_inputs(cfg: DiTConfig, latents: int, rows: int, device: str, seed: int 
     return Inputs((*tensors, [1] * rows), rows)
 
 
-def write_adapter(path: Path, targets: dict[str, lora.Target], kind: str, rank: int, seed: int) -> None:
+def write_adapter(path: Path, targets: dict[str, Target], kind: str, rank: int, seed: int) -> None:
     """Stability's file format (float16 tensors, lora_config metadata), every Linear/Conv1d targeted."""
     g = torch.Generator().manual_seed(seed)
     tensors = {}
@@ -104,7 +106,7 @@ class HookClock:
 
     def __init__(self, device: str) -> None:
         self.seconds = 0.0
-        original = lora.LayerPlan.apply
+        original = LayerPlan.apply
 
         def timed(plan, module, x, y) -> None:
             sync(device)
@@ -113,7 +115,7 @@ class HookClock:
             sync(device)
             self.seconds += time.perf_counter() - t0
 
-        lora.LayerPlan.apply = timed  # type: ignore[method-assign]
+        LayerPlan.apply = timed  # type: ignore[method-assign]
 
     def take(self) -> float:
         out, self.seconds = self.seconds, 0.0
@@ -125,7 +127,7 @@ CLOCK: HookClock | None = None
 
 @torch.no_grad()
 def forward(
-    dit: DiffusionTransformer, inputs: Inputs, plans: list[lora.SetPlan | None], device: str
+    dit: DiffusionTransformer, support: Adapters, inputs: Inputs, plans: list[SetPlan | None], device: str
 ) -> tuple[float, float]:
     """One step: one DiT forward over `inputs`, row i carrying plans[i]; (seconds, of which in the LoRA hooks)."""
     assert CLOCK is not None
@@ -133,8 +135,7 @@ def forward(
     CLOCK.take()
     sync(device)
     t0 = time.perf_counter()
-    with lora.applied_to_rows(segments):
-        dit(*inputs.args)
+    dit(*inputs.args, adapters=support.rows(segments))
     sync(device)
     return time.perf_counter() - t0, CLOCK.take()
 
@@ -174,13 +175,13 @@ def main() -> None:
     print(f"DiT {params / 1e6:.1f}M parameters, {args.duration:g} s clip = {latents} latents, rank {args.rank}")
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-lora-"))
-    targets = lora.sa3_targets(dit, duration, "seconds_total")
+    targets = sa3_targets(dit, duration, "seconds_total")
     kinds = ["lora", "lora", "dora-rows", "lora"]
     for i, kind in enumerate(kinds):
         write_adapter(tmp / f"a{i}.safetensors", targets, kind, args.rank, seed=i)
     file_mb = (tmp / "a0.safetensors").stat().st_size / 2**20
 
-    support = lora.SA3Loras(tmp, dit, duration, "seconds_total", cache_mb=4096, device=device, dtype=dtype)
+    support = Adapters(tmp, targets, cache_mb=4096, device=device, dtype=dtype)
     registry = support.registry
     t0 = time.perf_counter()
     registry.load("a0")
@@ -207,22 +208,22 @@ def main() -> None:
     four = make_inputs(cfg, latents, 4, device)
 
     def hooks(on: bool) -> None:
-        if on and not support._handles:
-            support._handles = lora.install_hooks(targets)
-        elif not on:
-            support.remove()
+        if on:
+            support.hooks.install(targets)
+        else:
+            support.hooks.remove()
 
     variants = {
-        "base DiT (no LoRA support)": lambda: (hooks(False), forward(dit, one, [None], device))[1],
-        "hooks installed, no adapter": lambda: (hooks(True), forward(dit, one, [None], device))[1],
-        "1 adapter (lora)": lambda: (hooks(True), forward(dit, one, [plans["1"]], device))[1],
-        "2 adapters (lora + lora)": lambda: (hooks(True), forward(dit, one, [plans["2"]], device))[1],
-        "2 adapters (lora + dora-rows)": lambda: (hooks(True), forward(dit, one, [plans["2d"]], device))[1],
-        "4 requests, no adapter, 1 batch": lambda: (hooks(True), forward(dit, four, [None] * 4, device))[1],
-        "4 requests, 4 adapters, 1 batch": lambda: (hooks(True), forward(dit, four, plans["each"], device))[1],
+        "base DiT (no LoRA support)": lambda: (hooks(False), forward(dit, support, one, [None], device))[1],
+        "hooks installed, no adapter": lambda: (hooks(True), forward(dit, support, one, [None], device))[1],
+        "1 adapter (lora)": lambda: (hooks(True), forward(dit, support, one, [plans["1"]], device))[1],
+        "2 adapters (lora + lora)": lambda: (hooks(True), forward(dit, support, one, [plans["2"]], device))[1],
+        "2 adapters (lora + dora-rows)": lambda: (hooks(True), forward(dit, support, one, [plans["2d"]], device))[1],
+        "4 requests, no adapter, 1 batch": lambda: (hooks(True), forward(dit, support, four, [None] * 4, device))[1],
+        "4 requests, 4 adapters, 1 batch": lambda: (hooks(True), forward(dit, support, four, plans["each"], device))[1],
         "4 requests, 4 adapters, sequential": lambda: (
             hooks(True),
-            total([forward(dit, one, [plans["each"][i]], device) for i in range(4)]),
+            total([forward(dit, support, one, [plans["each"][i]], device) for i in range(4)]),
         )[1],
     }
     names = list(variants)

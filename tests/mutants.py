@@ -85,7 +85,7 @@ MUTATIONS = [
     Mutation(
         "lora-alpha",
         "a LoRA scale without alpha/rank",
-        "models/stable_audio_3/lora.py",
+        "adapters/plans.py",
         r"torch\.tensor\(info\.alpha / info\.rank, dtype=torch\.float32\)",
         "torch.tensor(1.0, dtype=torch.float32)",
     ),

@@ -22,10 +22,11 @@ import soundfile as sf
 import torch
 from safetensors.torch import save_file
 
+from stable_audio_service.adapters import MIB, inspect_adapter, official_weight, strength_coefficient
 from stable_audio_service.config import Settings
 from stable_audio_service.models.base import GenerationParams, LoraRef
-from stable_audio_service.models.stable_audio_3 import lora
 from stable_audio_service.models.stable_audio_3.family import StableAudio3Model
+from stable_audio_service.models.stable_audio_3.lora_targets import sa3_targets
 
 from . import oracle
 from .conftest import decode_b64, serve
@@ -129,7 +130,7 @@ def random_adapter(
     """An adapter in Stability's file format with the fixture's recipe of random values (MAKING.md)."""
     g = torch.Generator().manual_seed(seed)
     tensors = {}
-    for name, t in model.loras.targets.items():
+    for name, t in model.adapters.targets.items():
         w = t.module.weight.detach().reshape(t.fan_out, -1)
         key = f"{name}.parametrizations.weight.0."
         if kind == "lora-xs":
@@ -153,7 +154,7 @@ def random_adapter(
 
 
 def test_scan_finds_the_fixture_adapters_with_their_targets(model):
-    infos = {i.name: i for i in model.loras.registry.list()}
+    infos = {i.name: i for i in model.adapters.registry.list()}
     adapters = json.loads((LORAS / "cases.json").read_text())["adapters"]
     for file, facts in adapters.items():
         info = infos[Path(file).stem]
@@ -169,15 +170,15 @@ def test_scan_finds_the_fixture_adapters_with_their_targets(model):
 
 def test_effective_weights_equal_stabilitys_bitwise(model, ref):
     """The exact chain (what DoRA's norms are computed from) gives the parametrized weights the DiT used."""
-    registry, seen = model.loras.registry, 0
+    registry, seen = model.adapters.registry, 0
     for case in _cases():
         entries = [(registry.load(r.name), r.strength) for r in refs_of(case)]
         for key in ref.files:
             if not key.startswith(case["name"] + "__effective_weight__"):
                 continue
             name = key.split("__effective_weight__")[1].removeprefix("model.")  # model.model.X -> model.X
-            steps = [(a.adapter_type, a.layers[name], lora.strength_coefficient(a, s)) for a, s in entries if s != 0]
-            weight = lora.official_weight(model.loras.targets[name].module.weight, steps)
+            steps = [(a.adapter_type, a.layers[name], strength_coefficient(a, s)) for a, s in entries if s != 0]
+            weight = official_weight(model.adapters.targets[name].module.weight, steps)
             assert np.array_equal(weight.numpy(), ref[key]), key
             seen += 1
     assert seen == 15
@@ -303,7 +304,7 @@ def test_dora_cols_sets_are_merged_and_batched_apart(model, lora_dir):
     """dora-cols rescales a layer's inputs per request, so its sets run on merged weights in batches of their own;
     a merged set's output equals the exact chain applied as weights."""
     random_adapter(lora_dir / "cols_r2.safetensors", model, "dora-cols", rank=2, seed=11)
-    registry = model.loras.registry
+    registry = model.adapters.registry
     assert registry.info("cols_r2").fits and registry.info("cols_r2").adapter_type == "dora-cols"
     plain = params_of(case_of("base_t2a_4s_cfg1"), num_inference_steps=2)
     cols = params_of(case_of("base_t2a_4s_cfg1"), num_inference_steps=2, loras=(LoraRef("cols_r2", 0.6),))
@@ -318,7 +319,7 @@ def test_dora_cols_sets_are_merged_and_batched_apart(model, lora_dir):
     name = "model.transformer.layers.1.ff.ff.2"
     adapter = registry.load("cols_r2")
     # MAKING.md's formula, written out here: V = W + c B A; W' = V / (||V||_col + 1e-12) * magnitude[None, :]
-    w = model.loras.targets[name].module.weight.detach()
+    w = model.adapters.targets[name].module.weight.detach()
     layer = adapter.layers[name]
     c = torch.tensor(1.0, dtype=torch.float32) * torch.tensor(0.6, dtype=torch.float32)
     v = w + c * (layer.B @ layer.A)
@@ -335,7 +336,7 @@ def test_dora_cols_sets_are_merged_and_batched_apart(model, lora_dir):
 def test_factored_application_equals_the_merged_weight(model, lora_dir, order):
     """The shared-forward form `base * d + x A^T B^T` equals x W'^T + b with Stability's chained W', for every
     targeted Linear and Conv1d, in any stacking order."""
-    registry = model.loras.registry
+    registry = model.adapters.registry
     refs = []
     for i, kind in enumerate(order):
         name = f"f_{kind}_{i}"
@@ -345,11 +346,11 @@ def test_factored_application_equals_the_merged_weight(model, lora_dir, order):
     assert not plan.merged
     entries = [(registry.load(r.name), r.strength) for r in refs]
     g = torch.Generator().manual_seed(0)
-    for name, target in model.loras.targets.items():
+    for name, target in model.adapters.targets.items():
         module = target.module
         x = torch.randn((2, module.in_channels, 5) if target.conv else (2, 5, target.fan_in), generator=g)
-        steps = [(a.adapter_type, a.layers[name], lora.strength_coefficient(a, s)) for a, s in entries]
-        w = lora.official_weight(module.weight, steps)
+        steps = [(a.adapter_type, a.layers[name], strength_coefficient(a, s)) for a, s in entries]
+        w = official_weight(module.weight, steps)
         expected = (
             torch.nn.functional.conv1d(x, w, module.bias)
             if target.conv
@@ -367,12 +368,12 @@ def test_lru_budget_evicts_and_results_stay_right(lora_dir, ref):
     need = max(
         i.memory_bytes
         for i in (
-            lora.inspect_adapter(p, lora.sa3_targets(small.dit, small.duration_cond, "seconds_total"), 2**40)
+            inspect_adapter(p, sa3_targets(small.dit, small.duration_cond, "seconds_total"), 2**40)
             for p in adapters.glob("*.safetensors")
         )
     )
-    small.enable_loras(adapters, cache_mb=1.5 * need / lora.MIB)  # room for one adapter, not two
-    registry = small.loras.registry
+    small.enable_loras(adapters, cache_mb=1.5 * need / MIB)  # room for one adapter, not two
+    registry = small.adapters.registry
     case = case_of("lora_s1p0_t2a_4s_cfg1")
     for name in ("lora_r4", "dora_rows_r4", "lora_r4"):
         registry.load(name)

@@ -140,7 +140,9 @@ def test_the_exact_levers_keep_the_plain_path_numbers(tiny_sa3, monkeypatch: pyt
     built: list[int] = []
     for each in (model, plain):
         local_embeds = each.dit.local_embeds
-        monkeypatch.setattr(each.dit, "local_embeds", lambda c, f=local_embeds: built.append(c.shape[0]) or f(c))
+        monkeypatch.setattr(
+            each.dit, "local_embeds", lambda c, *rest, f=local_embeds: built.append(c.shape[0]) or f(c, *rest)
+        )
     fast_latents, fast_audio = _generate(model, **fields)
     assert built == [1]  # the local-conditioning embeddings were computed once for the request, not per step
     plain_latents, plain_audio = _generate(plain, **fields)

@@ -180,8 +180,9 @@ def check_loras(req: RequestLike, model: AudioModel) -> tuple[LoraRef, ...]:
     if not model.capabilities.loras:
         why = model.capabilities.loras_unavailable
         raise RequestError("loras", f"adapters are not supported by {model.family} models{': ' if why else ''}{why}")
-    adapters = getattr(model, "loras", None)
-    if adapters is None:  # a model view without weights (the Ray ingress): the replica checks the names
+    # Every AudioModel declares `adapters`; the Ray ingress's weightless model view does not (the replica checks).
+    adapters = getattr(model, "adapters", None)
+    if adapters is None:
         return loras
     for i, ref in enumerate(loras):
         problem = adapters.problem(ref.name)

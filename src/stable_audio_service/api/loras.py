@@ -54,18 +54,17 @@ class LoraList(BaseModel):
 
 def _listing(model: Any, rescan: bool) -> LoraList:
     enabled = bool(getattr(getattr(model, "capabilities", None), "loras", False))
-    adapters = getattr(model, "loras", None)
+    adapters = getattr(model, "adapters", None)  # None on the Ray ingress's weightless model view
     if adapters is None or not enabled:
         why = "this process does not hold the model (Ray ingress): the replicas check adapters" if enabled else None
         return LoraList(enabled=enabled, model=model.name, directory_error=why, loras=[])
-    registry = adapters.registry
-    infos = registry.scan() if rescan else registry.list()
+    listing = adapters.listing(rescan)
     return LoraList(
         enabled=True,
         model=model.name,
-        directory_error=registry.error,
-        cache=registry.stats(),
-        loras=[LoraInfo(**info.public()) for info in sorted(infos, key=lambda i: i.name)],
+        directory_error=listing["directory_error"],
+        cache=listing["cache"],
+        loras=[LoraInfo(**info) for info in listing["loras"]],
     )
 
 

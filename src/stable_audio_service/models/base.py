@@ -10,16 +10,19 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections import OrderedDict
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
-from threading import Lock
-from typing import Any, Generic, TypeVar
+from threading import RLock
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import numpy as np
 import torch
 
 # Defined at the bottom of the package (common.py); kept importable from here, where the engine looks for them.
 from .common import GenerationError, InvalidRequest  # noqa: F401
+
+if TYPE_CHECKING:
+    from ..adapters import Adapters
 
 
 @dataclass(frozen=True)
@@ -127,37 +130,63 @@ def to_audio(waveform: torch.Tensor) -> np.ndarray:
     return np.clip(audio, -1.0, 1.0)
 
 
-class TextEmbeddingCache:
-    """Bounded LRU of text-encoder outputs keyed by the exact text: a repeated prompt skips the encoder."""
+class LRUCache:
+    """Thread-safe least-recently-used cache bounded by the summed size of its entries (1 each unless `put` says
+    otherwise). One class for the text encoder's outputs (bounded in entries) and the adapter store (bounded in
+    bytes), so both count hits, misses and evictions the same way.
+
+    An entry larger than the whole capacity is not kept (its users hold it while they need it)."""
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
-        self._items: OrderedDict[str, Any] = OrderedDict()
-        self._lock = Lock()
-        self.hits = 0
-        self.misses = 0
+        self._items: OrderedDict[Hashable, tuple[Any, int]] = OrderedDict()
+        self.hits = self.misses = self.evictions = 0
+        self._lock = RLock()
 
-    def get(self, text: str) -> Any | None:
+    @property
+    def used(self) -> int:
+        """The summed size of the entries (counted, not tracked: an entry dropped by any means is never counted)."""
         with self._lock:
-            value = self._items.get(text)
-            if value is None:
+            return sum(size for _, size in self._items.values())
+
+    def get(self, key: Hashable) -> Any | None:
+        with self._lock:
+            hit = self._items.get(key)
+            if hit is None:
                 self.misses += 1
                 return None
-            self._items.move_to_end(text)
+            self._items.move_to_end(key)
             self.hits += 1
-            return value
+            return hit[0]
 
-    def put(self, text: str, value: Any) -> None:
-        if self.capacity <= 0:
-            return
+    def put(self, key: Hashable, value: Any, size: int = 1) -> None:
         with self._lock:
-            self._items[text] = value
-            self._items.move_to_end(text)
-            while len(self._items) > self.capacity:
-                self._items.popitem(last=False)
+            self._items.pop(key, None)
+            if size > self.capacity:
+                return
+            self._items[key] = (value, size)
+            used = self.used
+            while used > self.capacity:
+                _, (_, freed) = self._items.popitem(last=False)
+                used -= freed
+                self.evictions += 1
+
+    def drop(self, predicate: Callable[[Hashable], bool]) -> None:
+        """Forget every entry whose key `predicate` accepts (e.g. made from a file that changed)."""
+        with self._lock:
+            for key in [k for k in self._items if predicate(k)]:
+                del self._items[key]
 
     def __len__(self) -> int:
         return len(self._items)
+
+
+class TextEmbeddingCache(LRUCache):
+    """Text-encoder outputs keyed by the exact text, at most `capacity` of them: a repeated prompt skips the
+    encoder."""
+
+    def put(self, key: Hashable, value: Any, size: int = 1) -> None:
+        super().put(key, value, 1)
 
 
 class AudioModel(ABC, Generic[S]):
@@ -174,6 +203,9 @@ class AudioModel(ABC, Generic[S]):
     # True when one `step(states)` call may advance states at different steps (one timestep per row in the
     # forward pass): the engine then lets queued requests join a running batch (continuous batching).
     mixed_steps: bool = False
+    # The per-request adapters this model serves (GET /loras, request checks), or None: the family has no adapter
+    # targets, or no adapter directory is configured.
+    adapters: Adapters | None = None
 
     @abstractmethod
     def batch_key(self, params: GenerationParams) -> Hashable:

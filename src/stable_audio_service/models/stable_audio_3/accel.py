@@ -139,7 +139,7 @@ def quantize_int8(model: StableAudio3Model, parts: Iterable[str] = ("dit", "auto
     done = []
     for part in parts:
         if part == "dit":
-            if model.loras is not None:
+            if model.adapters is not None:
                 log.warning("int8: the DiT stays fp32 because LoRA adapters are enabled")
                 continue
             _quantize_linears(model.dit)
@@ -161,7 +161,7 @@ def compile_model(model: StableAudio3Model) -> list[str]:
     shape compiles, see `warm_up`). Compiled per layer rather than whole so dynamo's graph is one layer, shared
     by every layer of the same code, and the per-request Python around it (LoRA row segments, windows) stays
     eager."""
-    if model.loras is not None:
+    if model.adapters is not None:
         log.warning("compile: the DiT stays eager because LoRA adapters are enabled (per-row hooks)")
         parts = []
     else:

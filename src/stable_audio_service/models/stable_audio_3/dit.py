@@ -7,7 +7,7 @@ in the softmax), and its weights need a key converter from `model.model.*`. Reus
 an attention processor and an eps patch, three places to drift from the official code. This module instead
 mirrors `stable_audio_3/models/{dit,transformer}.py` operation for operation (same order of float ops, same
 views), so the checkpoint's `model.model.*` tensors load as they are and the fixtures reproduce bit for bit;
-and a LoRA adapter written against Stability's names (`model.transformer.layers.0.self_attn.to_qkv`) maps
+and an adapter written against Stability's names (`model.transformer.layers.0.self_attn.to_qkv`) maps
 onto these modules one to one.
 
 The forward takes one timestep, context, global and local conditioning and padding mask *per row*, so one call
@@ -23,7 +23,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import lora, numerics
+from ...adapters.hooks import RowPlans, applied
+from ...adapters.hooks import window as adapter_rows
+from . import numerics
 from .config import DiTConfig
 
 
@@ -139,8 +141,8 @@ class Attention(nn.Module):
         value_mask: torch.Tensor | None = None,
         kv: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """`kv`: `to_kv(context)` computed earlier (speed, issue 12: a request's context is the same at every
-        step, so its cross-attention keys and values are computed once; `context` is then not read)."""
+        """`kv`: `to_kv(context)` computed earlier (for speed: a request's context is the same at every step, so its
+        cross-attention keys and values are computed once; `context` is then not read)."""
         h, kv_h = self.num_heads, self.kv_heads
         if self.cross:
             if kv is None:
@@ -236,8 +238,8 @@ class TransformerBlock(nn.Module):
         context_kv: torch.Tensor | None = None,
         local_embed: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """`local_embed`: `to_local_embed(local_add_cond)` computed earlier (speed, issue 12: the same at every
-        step of a request); `local_add_cond` is then not read."""
+        """`local_embed`: `to_local_embed(local_add_cond)` computed earlier (for speed: the same at every step of a
+        request); `local_add_cond` is then not read."""
         scale_self, shift_self, gate_self, scale_ff, shift_ff, gate_ff = (
             (self.to_scale_shift_gate + global_cond).unsqueeze(1).chunk(6, dim=-1)
         )
@@ -342,13 +344,33 @@ class DiffusionTransformer(nn.Module):
         row_groups: list[int] | None = None,
         context_kv: list[torch.Tensor] | None = None,
         local_embeds: list[torch.Tensor] | None = None,
+        adapters: RowPlans | None = None,
     ) -> torch.Tensor:
         """`row_groups`: rows per request (1, or 2 under guidance), in order. The per-request vectors (timestep and
         global embeddings) are then projected request by request: a matrix product over 1 row and over several
         rounds differently, and each request must get exactly the numbers of its solo (official) forward.
-        `context_kv` (speed, issue 12): `cross_kv(context)` of these rows, computed once per request; `context`
-        is then not used; `local_embeds` (speed, issue 12): `local_embeds(local_add_cond)` of these rows, computed
-        once per request; `local_add_cond` is then not used."""
+        `context_kv` (for speed): `cross_kv(context)` of these rows, computed once per request; `context` is then
+        not used; `local_embeds` (for speed): `local_embeds(local_add_cond)` of these rows, computed once per
+        request; `local_add_cond` is then not used. `adapters`: each request's adapter plan on its rows (from
+        `Adapters.rows`); None runs the base weights."""
+        with applied(adapters):
+            return self._forward(
+                x, t, context, global_cond, local_add_cond, padding_mask, row_groups, context_kv, local_embeds, adapters
+            )
+
+    def _forward(
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        context: torch.Tensor | None,
+        global_cond: torch.Tensor,
+        local_add_cond: torch.Tensor | None,
+        padding_mask: torch.Tensor | None,
+        row_groups: list[int] | None,
+        context_kv: list[torch.Tensor] | None,
+        local_embeds: list[torch.Tensor] | None,
+        adapters: RowPlans | None,
+    ) -> torch.Tensor:
         dtype = self.preprocess_conv.weight.dtype
         x = x.to(dtype)
         t = t.float()  # the official code keeps t in float32 whatever the weights' dtype
@@ -365,7 +387,7 @@ class DiffusionTransformer(nn.Module):
         embedded = []
         first = 0
         for g_rows, f_rows in zip(global_cond.split(groups), features.split(groups), strict=True):
-            with lora.rows(first, first + g_rows.shape[0]):  # LoRA (issue 16): these rows are one request's
+            with adapter_rows(adapters, first, first + g_rows.shape[0]):  # these rows are one request's
                 global_embed = self.to_global_embed(g_rows) + self.to_timestep_embed(f_rows)
                 embedded.append(self.transformer.global_cond_embedder(global_embed))
             first += g_rows.shape[0]
@@ -376,15 +398,18 @@ class DiffusionTransformer(nn.Module):
         out = out.transpose(1, 2)
         return self.postprocess_conv(out) + out
 
-    def cross_kv(self, context: torch.Tensor) -> list[torch.Tensor]:
+    def cross_kv(self, context: torch.Tensor, adapters: RowPlans | None = None) -> list[torch.Tensor]:
         """Every layer's cross-attention keys and values (`to_kv` of the projected context) for these rows: the
-        same numbers `forward` computes from `context`, which stays the same at every step of a request."""
-        context = self.to_cond_embed(context.to(self.preprocess_conv.weight.dtype))
-        return [layer.cross_attn.to_kv(context) for layer in self.transformer.layers]
+        same numbers `forward` computes from `context` (with the same `adapters`), which stays the same at every
+        step of a request."""
+        with applied(adapters):
+            context = self.to_cond_embed(context.to(self.preprocess_conv.weight.dtype))
+            return [layer.cross_attn.to_kv(context) for layer in self.transformer.layers]
 
-    def local_embeds(self, local_add_cond: torch.Tensor) -> list[torch.Tensor]:
+    def local_embeds(self, local_add_cond: torch.Tensor, adapters: RowPlans | None = None) -> list[torch.Tensor]:
         """Every layer's `to_local_embed` of these rows' local (inpainting) conditioning (B, C+1, L): the same
         numbers `forward` computes from it, which stays the same at every step of a request. Only for a DiT
         with local conditioning (`cfg.local_add_cond_dim`: then every block has `to_local_embed`)."""
-        cond = local_add_cond.to(self.preprocess_conv.weight.dtype).transpose(1, 2)
-        return [layer.to_local_embed(cond) for layer in self.transformer.layers]
+        with applied(adapters):
+            cond = local_add_cond.to(self.preprocess_conv.weight.dtype).transpose(1, 2)
+            return [layer.to_local_embed(cond) for layer in self.transformer.layers]

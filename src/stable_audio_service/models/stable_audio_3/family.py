@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Hashable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -39,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from ...adapters import AdapterError, Adapters, RowPlans, SetPlan, applied
 from ..base import (
     AudioModel,
     Bound,
@@ -53,7 +55,7 @@ from ..base import (
 )
 from ..common import DTYPE_BYTES, GIB, ModelLoadError
 from ..family import Family, Footprint, LoadRequest
-from . import accel, lora, sampling
+from . import accel, sampling
 from .accel import SA3Options
 from .autoencoder import SameAutoencoder
 from .checkpoint import (
@@ -67,6 +69,7 @@ from .checkpoint import (
 from .conditioning import DurationConditioner, TextConditioner
 from .config import DEFAULT_DURATION_PADDING_S, SA3Config
 from .dit import DiffusionTransformer
+from .lora_targets import sa3_targets
 
 if TYPE_CHECKING:
     from ...config import Settings
@@ -177,7 +180,7 @@ class SA3State(GenerationState):
     inpaint_source: np.ndarray | None = None  # (channels, output samples): the source, kept past drop_uploads()
     denoised: torch.Tensor | None = None  # the last step's prediction (the final latents after the last step)
     noise: torch.Tensor | None = None  # the last step's re-noising draw
-    lora: lora.SetPlan | None = None  # the request's LoRA adapters, planned once for all its steps
+    lora_plan: SetPlan | None = None  # the request's adapters, planned once for all its steps
     # The same at every step, so computed once per request (`SA3Options.cache_request_tensors`):
     cross_kv: list[torch.Tensor] | None = None  # per layer, to_kv of the context rows
     local_embeds: list[torch.Tensor] | None = None  # per layer, to_local_embed of local_cond
@@ -226,7 +229,7 @@ class StableAudio3Model(AudioModel[SA3State]):
         self.limits = sa3_limits(config, name, max_duration)
         self.capabilities = sa3_capabilities(config)
         self.options = SA3Options() if options is None else options
-        self.loras: lora.SA3Loras | None = None  # set by enable_loras
+        self.adapters: Adapters | None = None  # set by enable_loras
         self.speed_settings: dict[str, Any] = {}
         if lora_dir is not None:
             self.enable_loras(Path(lora_dir), lora_cache_mb)
@@ -248,7 +251,7 @@ class StableAudio3Model(AudioModel[SA3State]):
         options: SA3Options | None = None,
     ) -> StableAudio3Model:
         """Load an official-format checkpoint directory (or hub id, through the HF cache), served as `options`
-        say; with `lora_dir`, requests may name the adapters in it (see lora.py)."""
+        say; with `lora_dir`, requests may name the adapters in it (see the `adapters` package)."""
         files = resolve_checkpoint(path)
         config = _config_of(files)
         tensors = load_tensors(files.weights_path)
@@ -295,16 +298,17 @@ class StableAudio3Model(AudioModel[SA3State]):
         options quantise or compile it."""
         if "dit" in [*self.speed_settings.get("int8", []), *self.speed_settings.get("compile", [])]:
             raise RuntimeError("LoRA adapters hook the fp32, eager DiT: build the model with lora_dir instead")
-        self.loras = lora.SA3Loras(
-            directory,
-            self.dit,
-            self.duration_cond,
-            self.config.duration_id,
-            cache_mb=cache_mb,
-            device=self.device,
-            dtype=self.torch_dtype,
-        )
+        targets = sa3_targets(self.dit, self.duration_cond, self.config.duration_id)
+        self.adapters = Adapters(directory, targets, cache_mb=cache_mb, device=self.device, dtype=self.torch_dtype)
         self.capabilities = replace(self.capabilities, loras=True, loras_unavailable="")
+
+    def _rows(self, segments: list[tuple[int, int, SetPlan | None]]) -> RowPlans | None:
+        """The DiT's `adapters` argument: each request's plan on its rows (None without adapter support or plans)."""
+        return None if self.adapters is None else self.adapters.rows(segments)
+
+    def _adapters_on(self, segments: list[tuple[int, int, SetPlan | None]]) -> AbstractContextManager[None]:
+        """The plans bound for modules called outside the DiT's forward (the duration embedder)."""
+        return applied(self._rows(segments))
 
     # -- sizes ---------------------------------------------------------------------------------------------
     def window(self, duration: float) -> sampling.Window:
@@ -321,10 +325,10 @@ class StableAudio3Model(AudioModel[SA3State]):
     def batch_key(self, params: GenerationParams) -> Hashable:
         """One forward pass serves requests of the same latent length, at any step of any step count (timesteps,
         schedules, guidance, inpainting, audio-to-audio and LoRA adapters are per row; but for adapter sets that
-        must be merged, see lora.py)."""
+        must be merged, see `adapters.plans`)."""
         key: tuple = (self.family, self.window(params.duration).latent_length)
-        if self.loras is not None and params.loras:
-            key += self.loras.batch_key(params.loras)
+        if self.adapters is not None and params.loras:
+            key += self.adapters.batch_key(params.loras)
         return key
 
     def upload_samples(self, duration: float) -> int:
@@ -381,13 +385,13 @@ class StableAudio3Model(AudioModel[SA3State]):
 
         plan = None  # the request's LoRA adapters: those of the conditioner act on the duration embedding too
         if params.loras:
-            if self.loras is None:
+            if self.adapters is None:
                 raise InvalidRequest("loras: this model serves no LoRA adapters (no adapter directory)")
             try:
-                plan = self.loras.plan(params.loras)
-            except lora.AdapterError as exc:
+                plan = self.adapters.plan(params.loras)
+            except AdapterError as exc:
                 raise InvalidRequest(f"loras: {exc}") from None
-        with lora.applied_to_rows([(0, 1, plan)]):
+        with self._adapters_on([(0, 1, plan)]):
             duration_token = self.duration_cond([duration]).float()  # (1, cond)
         context = self._context(params.prompt, duration_token)
         cfg_scale = float(params.guidance_scale)
@@ -450,7 +454,7 @@ class StableAudio3Model(AudioModel[SA3State]):
             apg_scale=apg_scale,
             inpaint_keep=keep,
             inpaint_source=kept_source,
-            lora=plan,
+            lora_plan=plan,
         )
 
     @torch.no_grad()
@@ -474,29 +478,29 @@ class StableAudio3Model(AudioModel[SA3State]):
                 masks.append(state.padding_mask)
             rows.append((cond_row, cond_row + 1 if state.uncond_context is not None else None))
         groups = [1 if u is None else 2 for _, u in rows]
-        segments = [(c, c + g, s.lora) for s, (c, _), g in zip(states, rows, groups, strict=True)]  # LoRA rows
+        segments = [(c, c + g, s.lora_plan) for s, (c, _), g in zip(states, rows, groups, strict=True)]
         context_kv = None
         if self.options.cache_request_tensors:  # see SA3State.cross_kv and local_embeds
             for state, (c, _), g in zip(states, rows, groups, strict=True):
                 if state.cross_kv is None:
-                    with lora.applied_to_rows([(0, g, state.lora)]):
-                        state.cross_kv = self.dit.cross_kv(torch.cat(contexts[c : c + g]))
+                    plans = self._rows([(0, g, state.lora_plan)])
+                    state.cross_kv = self.dit.cross_kv(torch.cat(contexts[c : c + g]), plans)
             per_state = [s.cross_kv for s in states]
             context_kv = per_state[0] if len(states) == 1 else [torch.cat(kv) for kv in zip(*per_state, strict=True)]
         local_embeds = None if locals_[0] is None else self._local_embeds(states, groups)
         local = None if locals_[0] is None or local_embeds is not None else torch.cat(locals_)
-        with lora.applied_to_rows(segments):
-            out = self.dit(
-                torch.cat(xs),
-                torch.cat(ts),
-                None if context_kv is not None else torch.cat(contexts),
-                torch.cat(globals_),
-                local,
-                torch.cat(masks),
-                groups,
-                context_kv,
-                local_embeds,
-            )
+        out = self.dit(
+            torch.cat(xs),
+            torch.cat(ts),
+            None if context_kv is not None else torch.cat(contexts),
+            torch.cat(globals_),
+            local,
+            torch.cat(masks),
+            groups,
+            context_kv,
+            local_embeds,
+            self._rows(segments),
+        )
         for state, (c, u) in zip(states, rows, strict=True):
             i = state.step
             t_curr, t_next = state.sigmas[:, i], state.sigmas[:, i + 1]
@@ -523,8 +527,7 @@ class StableAudio3Model(AudioModel[SA3State]):
                 size = dit.depth * state.local_cond.shape[-1] * dit.embed_dim * state.local_cond.element_size()
                 if size > LOCAL_EMBED_CACHE_BYTES:
                     return None
-                with lora.applied_to_rows([(0, 1, state.lora)]):
-                    state.local_embeds = self.dit.local_embeds(state.local_cond)
+                state.local_embeds = self.dit.local_embeds(state.local_cond, self._rows([(0, 1, state.lora_plan)]))
         rows = [[e.expand(g, -1, -1) for e in s.local_embeds] for s, g in zip(states, groups, strict=True)]
         return rows[0] if len(rows) == 1 else [torch.cat(layer) for layer in zip(*rows, strict=True)]
 
@@ -554,7 +557,7 @@ class StableAudio3Model(AudioModel[SA3State]):
         state.uncond_context = state.local_cond = state.denoised = state.noise = None
         state.cross_kv = state.local_embeds = None
         state.inpaint_keep = state.inpaint_source = None
-        state.lora = None
+        state.lora_plan = None
         return result
 
     def describe(self) -> dict[str, Any]:
