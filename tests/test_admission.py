@@ -174,6 +174,15 @@ def test_queued_jobs_are_dropped_when_their_deadline_passes_or_can_no_longer_be_
     assert dropped.job is unknown and "deadline (max_wait_s=3) passed while it was queued" in dropped.reason
 
 
+def test_the_next_expiry_is_the_earliest_time_a_queued_job_must_go():
+    sched = scheduler(a={"step": {1: 1.0}})
+    assert sched.next_expiry() is None
+    sched.admit(job("patient", steps=4), 0.0, price_key="a")
+    assert sched.next_expiry() == 1000.0  # the queue timeout
+    sched.admit(job("tight", steps=4, max_wait_s=10.0), 0.0, price_key="a")
+    assert sched.next_expiry() == 6.0  # 4 s of work before a deadline at 10: hopeless from 6 on
+
+
 def test_retry_after_comes_from_the_forecast():
     sched = Scheduler(max_batch_size=4, queue_size=1, batch_wait_s=0.0)
     sched.costs.observe_step("a", 1, 1.0)
@@ -282,6 +291,39 @@ def test_a_job_whose_deadline_passes_in_the_queue_is_dropped_not_run(rig):
     steps(model, clock, 1.0, 1.0)
     watch.wait(running)
     assert running.status == JobStatus.done  # past its own deadline, but running jobs finish
+
+
+def test_a_deadline_is_answered_while_the_worker_is_inside_a_long_step():
+    """The janitor drops a queued job when its deadline comes, without waiting for the worker (held in a step
+    here: it cannot sweep the queue until the test lets it go)."""
+    model, watch = FakeModel(), Watcher()
+    model.step_gate = Gate(free=False)
+    engine = Engine(model, observer=watch, batch_wait_ms=0)
+    engine.start()
+    try:
+        held = engine.submit(params(seed=1, steps=2))
+        model.step_gate.wait_arrival()
+        doomed = engine.submit(params(seed=2, steps=2), max_wait_s=0.2)
+        watch.wait(doomed)
+        assert doomed.status == JobStatus.failed and doomed.error_status == 503 and not held.ended
+        assert "passed while it was queued" in doomed.error and doomed.retry_after_s >= 1
+    finally:
+        model.step_gate.open()
+        engine.shutdown(grace_s=5)
+
+
+def test_sweeping_while_a_step_overruns_prices_the_retry_from_the_state_of_the_worker(rig):
+    engine, model, watch, clock = rig
+    learn(engine, model, watch, clock)
+    running = engine.submit(params(seed=1, steps=3))
+    model.step_gate.wait_arrival()
+    doomed = engine.submit(params(seed=2, steps=3), max_wait_s=12.5)  # estimated 12 s: admitted
+    clock.advance(13.0)  # the step in progress overran its 2 s by 11
+    assert engine.sweep() == 1 and doomed.status == JobStatus.failed
+    # taken to end now: the running job's 2 more steps (4 s) and a retry's own 6 s fit in 12.5 s: retry at once
+    assert doomed.retry_after_s == 1.0
+    model.step_gate.open()
+    watch.wait(running)
 
 
 def test_a_queued_job_that_can_no_longer_make_it_is_answered_before_its_deadline(rig):

@@ -126,6 +126,12 @@ def generate(
     lora_dir: Path | None = typer.Option(
         None, help="Directory of LoRA adapters (Stable Audio 3) [env STABLE_AUDIO_LORA_DIR]."
     ),
+    max_wait: float | None = typer.Option(
+        None,
+        "--max-wait",
+        help="With --server: seconds to wait for the result at most; the service refuses at once what it "
+        "estimates it cannot finish by then.",
+    ),
 ) -> None:
     """Generate one clip to a file, with a progress bar: here, or on a running service with --server."""
     from pydantic import ValidationError
@@ -144,6 +150,7 @@ def generate(
             negative_prompt=negative_prompt,
             format=fmt,
             loras=_lora_specs(lora or []) or None,
+            max_wait_s=max_wait,
         )
     except ValidationError as exc:
         _fail("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()))
@@ -176,9 +183,13 @@ def _generate_remote(body: StableAudioRequest, output: Path, server: str, token:
     params = body.model_dump(exclude_none=True, exclude={"prompt"})
     bar = _progress_bar()
     task = None
+    said: tuple[int | None, float | None] | None = None  # the last (position, eta) told
 
     def progress(event: JobEvent) -> None:  # the bar appears with the first step, as in-process
-        nonlocal task
+        nonlocal task, said
+        if event.type == "queued" and task is None and _worth_saying(said, event.position, event.eta_s):
+            typer.echo(_queued_line(event.position, event.eta_s), err=True)
+            said = (event.position, event.eta_s)
         if event.type == "step":
             if task is None:
                 bar.start()
@@ -202,6 +213,23 @@ def _generate_remote(body: StableAudioRequest, output: Path, server: str, token:
     output.parent.mkdir(parents=True, exist_ok=True)
     result.save(output)
     _wrote(output, result.duration, result.sample_rate, result.channels, result.format, result.seed)
+
+
+def _worth_saying(said: tuple[int | None, float | None] | None, position: int | None, eta_s: float | None) -> bool:
+    """A queued event is printed when it is the first, the place changed, or the estimate moved by more than a
+    quarter since it was last told (a 40 s wait is told at about 40, 30, 22, 16... s): not once a second, as the
+    service refreshes it."""
+    if said is None or said[0] != position or (said[1] is None) != (eta_s is None):
+        return True
+    return said[1] is not None and eta_s is not None and abs(eta_s - said[1]) > 0.25 * max(said[1], 4.0)
+
+
+def _queued_line(position: int | None, eta_s: float | None) -> str:
+    """`queued, about 12 s` (with the place when the service gave one): what a waiting caller wants to know."""
+    where = f" (position {position})" if position else ""
+    if eta_s is None:
+        return f"queued{where}"
+    return f"queued{where}, about {max(1, round(eta_s))} s"
 
 
 def _generate_local(

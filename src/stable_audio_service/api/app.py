@@ -26,6 +26,7 @@ from ..engine.local import LocalEngineClient
 from ..models.loading import ModelLoadError, load_model
 from ..service import RequestError
 from ..web import router as web_router
+from . import deadlines
 from .loras import router as loras_router
 from .metrics import router as metrics_router
 from .openapi import install_openapi
@@ -80,6 +81,7 @@ def local_engine(loader: Loader = load_model, id_prefix: str | None = None) -> C
             prune_interval_s=settings.job_prune_interval_s,
             observer=telemetry.observer_for(model),
             on_fatal=on_fatal,
+            warm_up=settings.estimate_warm_up,
         )
         client = LocalEngineClient(engine, id_prefix=id_prefix)
         client.start()
@@ -217,6 +219,7 @@ def create_app(
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         return JSONResponse({"detail": f"internal error ({type(exc).__name__})"}, status_code=500)
 
+    deadlines.install(app)
     install_openapi(app, settings)
 
     from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor

@@ -18,11 +18,13 @@ from starlette.concurrency import run_in_threadpool
 
 from .. import SERVICE, __version__, service, telemetry
 from ..audio import MEDIA_TYPES
-from ..engine import JobStatus, NotAccepting, QueueFull
+from ..engine import JobStatus, Refused
 from ..engine.client import EngineClient, JobAudio, JobEvent, JobHandle, JobInfo
 from ..models import registry
+from . import deadlines
 from .schemas import (
     CLIENT_JOB_ID_PATTERN,
+    DeadlineRefusal,
     HealthResponse,
     JobAccepted,
     JobResultInfo,
@@ -41,6 +43,16 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     413: {"description": "request body too large"},
     422: {"description": "invalid input; `detail` names the field"},
     503: {"description": "model not loaded, shutting down, or out of memory; see Retry-After"},
+}
+# The answers of the routes that queue work: a full queue, and a deadline the estimate says cannot be met.
+REFUSALS: dict[int | str, dict[str, Any]] = {
+    429: {"description": "queue full; Retry-After says when a place frees, from the wait estimate"},
+    503: {
+        "model": DeadlineRefusal,
+        "description": "refused at once: estimated to finish after `max_wait_s` / `Request-Timeout` / the server's "
+        "default (the body gives the estimate, the deadline and when to retry; also Retry-After), or model not "
+        "loaded, shutting down, out of memory, or its deadline passed while queued",
+    },
 }
 router = APIRouter(responses=ERROR_RESPONSES)
 RETRY_AFTER_S = "5"
@@ -101,7 +113,17 @@ async def _resolve_async(
     return _resolve(request, client, body, query_id)
 
 
-async def _submit(client: EngineClient, resolved: service.Resolved, keep: bool = True) -> JobHandle:
+def _max_wait(request: Request, body: StableAudioRequest) -> float | None:
+    """The request's deadline: `max_wait_s`, the `Request-Timeout` header, or the server's default."""
+    header = request.headers.get(deadlines.REQUEST_TIMEOUT_HEADER)
+    return deadlines.max_wait_s(body.max_wait_s, header, get_state(request).settings.default_max_wait_s)
+
+
+async def _submit(
+    client: EngineClient, resolved: service.Resolved, keep: bool = True, max_wait_s: float | None = None
+) -> JobHandle:
+    """Queue the request; a refusal (`QueueFull`, `NotAccepting`, `WouldMissDeadline`) goes to the app's handler,
+    which answers it with the backend's Retry-After (api/deadlines.py)."""
     from opentelemetry import context as otel_context
 
     trace_id, span_id = telemetry.span_ids()
@@ -112,13 +134,11 @@ async def _submit(client: EngineClient, resolved: service.Resolved, keep: bool =
             client_job_id=resolved.client_job_id,
             context={"trace_id": trace_id, "span_id": span_id, "otel": otel_context.get_current()},
             keep=keep,
+            max_wait_s=max_wait_s,
         )
-    except QueueFull as exc:
-        telemetry.record_rejected("queue_full")
-        raise HTTPException(429, detail=str(exc), headers={"Retry-After": RETRY_AFTER_S}) from None
-    except NotAccepting as exc:
-        telemetry.record_rejected("not_accepting")
-        raise _unready(str(exc)) from None
+    except Refused as exc:
+        telemetry.record_rejected(deadlines.reason(exc))
+        raise
 
 
 async def _ticks(events: AsyncIterator[JobEvent], period_s: float) -> AsyncIterator[JobEvent | None]:
@@ -178,7 +198,7 @@ def _raise_for(info: JobInfo) -> None:
     if info.status == JobStatus.cancelled:
         raise HTTPException(409, detail="the job was cancelled")
     if info.status == JobStatus.failed:
-        headers = {"Retry-After": RETRY_AFTER_S} if info.error_status == 503 else None
+        headers = {"Retry-After": deadlines.retry_after(info.retry_after_s)} if info.error_status == 503 else None
         raise HTTPException(info.error_status or 500, detail=info.error or "generation failed", headers=headers)
 
 
@@ -190,6 +210,7 @@ def job_view(info: JobInfo) -> JobView:
         id=info.id,
         status=info.status.value,
         position=info.position,
+        eta_s=info.eta_s,
         step=info.step,
         total_steps=info.total_steps,
         created=info.created,
@@ -288,6 +309,7 @@ async def ready(request: Request) -> Any:
         if h.accepting:
             stats = await client.stats()
             body: dict[str, Any] = {"ready": True, "queue_depth": stats.queue_depth, "running": stats.running}
+            body["drain_s"] = None if stats.drain_s is None else round(stats.drain_s, 2)
             if h.replicas is not None:
                 body["replicas"] = h.replicas
             return body
@@ -345,8 +367,8 @@ AUDIO_CONTENT = {media: {} for media in MEDIA_TYPES.values()}
     responses={
         200: {"content": AUDIO_CONTENT, "description": "JSON by default; the file itself for `Accept: audio/...`"},
         409: {"description": "the job was cancelled (DELETE /jobs/{id})"},
-        429: {"description": "queue full; see Retry-After"},
         500: {"description": "generation failed (the reason is in detail)"},
+        **REFUSALS,
     },
 )
 async def predict(
@@ -365,7 +387,8 @@ async def predict(
     if want is not None:
         body.format = want
     resolved = await _resolve_async(request, client, body, client_job_id)
-    job = await _submit(client, resolved, keep=False)  # forgotten once it ends: this route holds the result
+    # forgotten once it ends: this route holds the result
+    job = await _submit(client, resolved, keep=False, max_wait_s=_max_wait(request, body))
     info = await _wait_for_end(request, job)
     _raise_for(info)
     audio = await job.audio()
@@ -395,14 +418,14 @@ async def _wait_for_end(request: Request, job: JobHandle) -> JobInfo:
     status_code=202,
     response_model=JobAccepted,
     tags=["jobs"],
-    responses={429: {"description": "queue full; see Retry-After"}},
+    responses=REFUSALS,
 )
 async def create_job(
     body: StableAudioRequest, request: Request, client: ClientDep, client_job_id: ClientJobId = None
 ) -> Any:
     resolved = await _resolve_async(request, client, body, client_job_id)
-    info = (await _submit(client, resolved)).info
-    return JobAccepted(id=info.id, status=info.status.value, position=info.position, meta=_meta(info))
+    info = (await _submit(client, resolved, max_wait_s=_max_wait(request, body))).info
+    return JobAccepted(id=info.id, status=info.status.value, position=info.position, eta_s=info.eta_s, meta=_meta(info))
 
 
 def _no_such_job(job_id: str) -> HTTPException:
@@ -463,7 +486,8 @@ async def cancel_job(job_id: str, client: ReadingClientDep) -> Any:
     responses={404: {"description": "no such job"}},
 )
 async def job_events(job_id: str, request: Request, client: ReadingClientDep) -> StreamingResponse:
-    """Server-Sent Events: `queued` (position), `step` (step/total), then `done`, `failed` or `cancelled`."""
+    """Server-Sent Events: `queued` (position, eta_s), `step` (step/total, eta_s), then `done`, `failed` or
+    `cancelled`."""
     job = await client.follow(job_id)
     if job is None:
         raise _no_such_job(job_id)

@@ -28,6 +28,8 @@ def _clean_text(value: str | None, field: str) -> str | None:
 # service layer) and written into the served OpenAPI schema (api/openapi.py).
 MAX_DURATION_ANY_MODEL = 400.0
 MAX_INPAINT_REGIONS = 16
+# Longest deadline a caller may give (a day): anything longer is no deadline at all.
+MAX_WAIT_S = 86400.0
 LORA_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 
 
@@ -107,6 +109,15 @@ class StableAudioRequest(BaseModel):
     negative_prompt: str | None = Field(None, max_length=MAX_PROMPT_CHARS, description="What to steer away from.")
     format: AudioFormat = Field("wav", description="wav (16-bit PCM), flac (16-bit), ogg (Vorbis) or mp3.")
     client_job_id: str | None = Field(None, pattern=CLIENT_JOB_ID_PATTERN, description="Echoed in meta.")
+    max_wait_s: float | None = Field(
+        None,
+        gt=0.0,
+        le=MAX_WAIT_S,
+        description="Seconds the caller waits for the result, no longer (also the `Request-Timeout` header; with "
+        "both, the shorter). A request estimated to finish later is refused at once: 503 with a Retry-After and the "
+        "estimate; one whose deadline passes while it is queued is answered 503 instead of run; one already running "
+        "finishes. Omitted: the server's STABLE_AUDIO_DEFAULT_MAX_WAIT_S (unset: no deadline).",
+    )
     init_audio_b64: str | None = Field(
         None,
         description="Audio-to-audio: base64 of a wav, flac, ogg or mp3 file (any sample rate and channel count; "
@@ -179,10 +190,17 @@ class HealthResponse(BaseModel):
     model: str | None = None
 
 
+ETA_DESCRIPTION = (
+    "Estimated seconds until the result, from the engine's measured speed and the work ahead (continuous batching "
+    "included); null before anything was measured, and once the job ended."
+)
+
+
 class JobAccepted(BaseModel):
     id: str
     status: str
     position: int | None = Field(None, description="1-based place in the queue.")
+    eta_s: float | None = Field(None, description=ETA_DESCRIPTION)
     meta: ResponseMetadata
 
 
@@ -204,6 +222,7 @@ class JobView(BaseModel):
     id: str
     status: Literal["queued", "running", "done", "failed", "cancelled"]
     position: int | None = None
+    eta_s: float | None = Field(None, description=ETA_DESCRIPTION)
     step: int
     total_steps: int
     created: float
@@ -217,3 +236,16 @@ class JobView(BaseModel):
 
 class ErrorBody(BaseModel):
     detail: str | list
+
+
+class DeadlineRefusal(BaseModel):
+    """A 503 for a request that would finish after its deadline (`max_wait_s`, `Request-Timeout` or the server's
+    default), or whose admission would make an accepted request miss its own."""
+
+    detail: str = Field(..., description="What was refused and why, in one sentence.")
+    estimate_s: float = Field(..., description="Estimated seconds from now until the result, had it been queued.")
+    max_wait_s: float | None = Field(None, description="The request's deadline, in seconds.")
+    retry_after_s: float = Field(..., description="As the Retry-After header: when the estimate would make it.")
+    alone_s: float = Field(
+        ..., description="What the request takes on an idle server; above max_wait_s no retry can succeed."
+    )

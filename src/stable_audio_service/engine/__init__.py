@@ -84,6 +84,8 @@ __all__ = [
 log = logging.getLogger("stable_audio_service.engine")
 # The start-up warm-up: two short generations of this many forward passes, the second one timed.
 WARM_UP_STEPS = 3
+# The janitor never looks more often than this (seconds): deadlines are answered within it.
+JANITOR_MIN_WAIT_S = 0.01
 
 
 class _Setting:
@@ -174,6 +176,7 @@ class Engine:
         self._thread: threading.Thread | None = None
         self._janitor: threading.Thread | None = None
         self._halt = threading.Event()
+        self._wake = threading.Event()  # the janitor looks again now (a deadline was added, or the engine stops)
 
     # -- lifecycle -------------------------------------------------------------------
     def start(self) -> None:
@@ -244,6 +247,7 @@ class Engine:
         for job in running:  # still inside a long step: answer now; the worker's later end is ignored
             self.outcomes.fail(job, SHUTTING_DOWN, 503)
         self._halt.set()
+        self._wake.set()
 
     def _die(self, reason: str) -> None:
         """Fail everything in flight, stop accepting, tell the app (once)."""
@@ -262,6 +266,7 @@ class Engine:
         for job in victims:
             self.outcomes.fail(job, WORKER_LOST, 503)
         self._halt.set()
+        self._wake.set()
         if self.on_fatal is not None:
             try:
                 self.on_fatal(reason)
@@ -269,14 +274,44 @@ class Engine:
                 log.exception("on_fatal failed")
 
     def _janitor_loop(self) -> None:
-        """Prune finished jobs on a timer (not only when work arrives) and watch the worker."""
-        while not self._halt.wait(self.prune_interval_s):
+        """Prune finished jobs on a timer (not only when work arrives), watch the worker, and drop queued jobs when
+        their deadline comes (`sweep`): the worker sweeps the queue only between model calls, and a caller with a
+        deadline must be answered when it passes, not when a long step or decode ends. With an injected clock
+        (`monotonic=`) it leaves deadlines alone: it sleeps in real time, and time then moves only when a test says
+        (the worker and explicit `sweep()` calls still apply them)."""
+        next_prune = self._now() + self.prune_interval_s
+        while True:
+            self._wake.wait(self._janitor_wait(next_prune))
+            self._wake.clear()
+            if self._halt.is_set():
+                return
             try:
-                self.prune()
-                if self._fatal is None and (reason := self.fatal_reason) is not None:
-                    self._die(reason)
+                if self._monotonic is None:
+                    self.sweep()
+                if self._now() >= next_prune:
+                    next_prune = self._now() + self.prune_interval_s
+                    self.prune()
+                    if self._fatal is None and (reason := self.fatal_reason) is not None:
+                        self._die(reason)
             except Exception:
                 log.exception("janitor failed")
+
+    def _janitor_wait(self, next_prune: float) -> float:
+        """Seconds until the janitor's next look: the next prune, or the next queued job's expiry if sooner."""
+        with self._cond:
+            now, expiry = self._now(), self.scheduler.next_expiry() if self._monotonic is None else None
+        due = next_prune if expiry is None else min(next_prune, expiry)
+        return max(JANITOR_MIN_WAIT_S, due - now)
+
+    def sweep(self) -> int:
+        """Drop the queued jobs that must not run now (their deadline passed or can no longer be met, or they
+        waited past the queue timeout): each is failed with 503 and a Retry-After from the estimate. The worker
+        does this between model calls, the janitor at each deadline; returns how many went."""
+        with self._cond:
+            expired = self.scheduler.expire(self._now())
+            self._worker.price_expired(expired)
+        self._worker.fail_expired(expired)
+        return len(expired)
 
     # -- submitting and querying -----------------------------------------------------
     def submit(
@@ -324,6 +359,8 @@ class Engine:
             self.store.add(job)
             self._worker.stamp()
             self._cond.notify_all()
+        if max_wait_s is not None:
+            self._wake.set()  # the janitor's next look may now be due sooner
         self.hub.publish(job, queued_event(job, position))
         self._observe("submitted", job)
         return job

@@ -165,6 +165,9 @@ class EngineStats:
     running: int
     max_batch_size: int
     queue_size: int
+    # estimated seconds until what is queued and running now is done (behind a cluster: the longest replica's);
+    # None before anything was measured
+    drain_s: float | None = None
 
 
 class ServedModel(Protocol):

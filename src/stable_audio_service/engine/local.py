@@ -87,7 +87,9 @@ class LocalEngineClient:
 
     async def stats(self) -> EngineStats:
         engine = self.engine
-        return EngineStats(engine.queue_depth(), engine.running_count(), engine.max_batch_size, engine.queue_size)
+        return EngineStats(
+            engine.queue_depth(), engine.running_count(), engine.max_batch_size, engine.queue_size, engine.drain_s()
+        )
 
     # -- jobs --------------------------------------------------------------------------------------------
     async def submit(
@@ -107,7 +109,10 @@ class LocalEngineClient:
 
     async def get(self, job_id: str) -> JobInfo | None:
         job = self._find(job_id)
-        return None if job is None else self.view(job)
+        if job is None:
+            return None
+        self.engine.estimate(job)  # a reader asking now gets a fresh place and ETA
+        return self.view(job)
 
     async def follow(self, job_id: str) -> LocalJob | None:
         job = self._find(job_id)

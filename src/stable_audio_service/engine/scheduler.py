@@ -230,6 +230,19 @@ class Scheduler:
                 expired.append(Expired(ticket.job, reason))
         return expired
 
+    def next_expiry(self) -> float | None:
+        """The earliest time (the `now` clock) at which `expire` would drop a queued job, by the costs known now;
+        None with nothing queued. The engine's janitor sleeps until then, so that a job is answered at its
+        deadline even while the worker is inside a long step."""
+        times = []
+        for ticket in self._queue:
+            times.append(ticket.deadline)
+            job = ticket.job
+            if job.deadline_at is not None:
+                alone = self.costs.alone(ticket.priced_as, job.params.num_inference_steps)
+                times.append(job.deadline_at - (alone or 0.0))
+        return min(times, default=None)
+
     def _expiry(self, ticket: Ticket, now: float) -> str | None:
         if ticket.deadline <= now:
             return f"waited in the queue longer than {self.queue_timeout_s:g}s"

@@ -127,8 +127,8 @@ class Worker:
                 return None
             expired = sched.expire(self._clock())
             broken = sched.assign_keys(self._key_of)
-            self._price_expired(expired)
-        self._fail_expired(expired)
+            self.price_expired(expired)
+        self.fail_expired(expired)
         self._fail_broken(broken)
         if broken:
             return [], None
@@ -220,14 +220,14 @@ class Worker:
                 return []
             expired = sched.expire(self._clock())
             broken = sched.assign_keys(self._key_of)
-            self._price_expired(expired)
+            self.price_expired(expired)
             joining = sched.joiners(key, room)
             self._mark_running(joining, len(self.running) + len(joining))
             self.running.extend(joining)
             waiting = sched.queued() if joining else []
             if joining:
                 self.stamp()
-        self._fail_expired(expired)
+        self.fail_expired(expired)
         self._fail_broken(broken)
         self.hub.publish_positions(waiting)
         return joining
@@ -316,10 +316,10 @@ class Worker:
     def _sweep_expired(self) -> None:
         with self._cond:
             expired = self.scheduler.expire(self._clock())
-            self._price_expired(expired)
-        self._fail_expired(expired)
+            self.price_expired(expired)
+        self.fail_expired(expired)
 
-    def _price_expired(self, expired: list[Expired]) -> None:
+    def price_expired(self, expired: list[Expired]) -> None:
         """Give each dropped job the Retry-After its answer carries (call under the lock, before failing them)."""
         if not expired:
             return
@@ -330,7 +330,7 @@ class Worker:
                 now, running, mixed_steps=mixed, job=item.job, price_key=key
             )
 
-    def _fail_expired(self, expired: list[Expired]) -> None:
+    def fail_expired(self, expired: list[Expired]) -> None:
         for item in expired:
             self.outcomes.fail(item.job, item.reason, 503)
 

@@ -116,7 +116,9 @@ class RayEngineClient:
 
     async def stats(self) -> EngineStats:
         queue_size, max_batch = self.settings.queue_size, self.settings.max_batch_size  # what each replica runs with
-        return EngineStats(self.queue_depth(), self.running_count(), max_batch, queue_size)
+        drains = [s.stats.drain_s for s in self.replica_stats().values() if s.stats.drain_s is not None]
+        # replicas drain side by side: the cluster is done when its longest replica is
+        return EngineStats(self.queue_depth(), self.running_count(), max_batch, queue_size, max(drains, default=None))
 
     def queue_depth(self) -> int:
         """Queued jobs on every replica (also what the ingress's own queue gauge reports)."""
