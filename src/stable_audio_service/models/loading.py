@@ -44,9 +44,10 @@ BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
 # `auto` serves bfloat16 on the CPU only when its GEMM is at least this much faster than float32's: the matmuls are
 # most of a step, but norms, attention softmax and the rest gain less, and bfloat16 changes the numbers.
 AUTO_BF16_MIN_SPEEDUP = 1.3
-# Families whose CPU path has been run end to end in bfloat16 (a tiny model generates finite audio through the
-# service); the others keep float32 on the CPU under `auto`, as before.
-CPU_BFLOAT16_FAMILIES = frozenset()
+# Families `auto` may serve in bfloat16 on the CPU; the others keep float32 there, as before. Stable Audio 3 runs
+# end to end in bfloat16 (explicit STABLE_AUDIO_DTYPE=bfloat16), but is not listed yet: the suite's float32 oracle
+# checks through the service use the default dtype, so listing it goes with pinning them to float32.
+CPU_BFLOAT16_FAMILIES: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
