@@ -379,9 +379,12 @@ def test_the_warm_up_measures_before_the_first_request_and_counts_nothing():
     engine.start()
     try:
         assert engine.scheduler.costs.known and engine.drain_s() == 0.0
-        # two rounds of 3 passes (the first pays for lazy initialisation and is not timed), none counted
-        assert len(model.batches) == 6 and engine.stats["forward_passes"] == 0 and engine.queue_depth() == 0
-        assert [p.prompt for p in model.started] == ["warm-up 0", "warm-up 1"]
+        # two rounds (the first pays for lazy initialisation and is not timed) of 3 passes of one request, then 3
+        # of a full batch (4 by default); none counted
+        assert [len(b) for b in model.batches] == [1, 1, 1, 4, 4, 4] * 2
+        assert engine.stats["forward_passes"] == 0 and engine.queue_depth() == 0
+        assert [p.prompt for p in model.started] == ["warm-up 0"] * 5 + ["warm-up 1"] * 5
+        assert engine.scheduler.costs.describe()["(4, 1.0)"]["step_s"] == {1: 0.0, 4: 0.0}
     finally:
         engine.shutdown(grace_s=5)
 
