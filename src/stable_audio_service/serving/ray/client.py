@@ -1,7 +1,9 @@
 """`RayEngineClient`: the `EngineClient` of the ingress, over the model replicas of a Ray Serve deployment.
 
-Submitting opens the replica's `run` stream: Serve's power-of-two choice first, then the other replicas, emptiest
-first (from figures polled every second); the job is taken when the stream's first event arrives. A full
+Submitting opens the replica's `run` stream on the replica estimated to finish the job first (placement.py: each
+replica's own estimate, polled every second, and what the last submission there said), then the others in that
+order (Serve's power-of-two choice while no replica has an estimate); the job is taken when the stream's first
+event arrives, and the ingress refuses only when every replica refused. A full
 cluster answers `QueueFull` (429), no replica `NotAccepting` (503), with `Retry-After`, like one process. Calls
 about a job go to the replica its id names (router.py); a replica that is gone means the job is gone (None), a
 replica that does not answer is `Unavailable` (503). Traces continue: the request span travels as a W3C
@@ -14,6 +16,7 @@ import asyncio
 import logging
 import math
 import threading
+import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
@@ -26,6 +29,7 @@ from ...engine.client import EngineHealth, EngineStats, JobAudio, JobEvent, JobI
 from ...models.base import GenerationParams
 from .handles import FollowedJob, SubmittedJob
 from .metrics import ClusterRegistry
+from .placement import Told, by_earliest_finish
 from .wire import ModelView, Refusal, ReplicaStats, is_job_id, owner_of
 
 log = logging.getLogger("stable_audio_service.ray")
@@ -49,6 +53,7 @@ class RayEngineClient:
         self._stop = threading.Event()
         self._tasks: set[asyncio.Task] = set()
         self._registry = ClusterRegistry(self)
+        self._told: dict[str, Told] = {}  # replica -> what its last accepted submission said about its drain
 
     # -- lifecycle -----------------------------------------------------------------------------------------
     def connect(self, settings: Settings, on_fatal: Callable[[str], None]) -> RayEngineClient:
@@ -116,9 +121,13 @@ class RayEngineClient:
 
     async def stats(self) -> EngineStats:
         queue_size, max_batch = self.settings.queue_size, self.settings.max_batch_size  # what each replica runs with
+        return EngineStats(self.queue_depth(), self.running_count(), max_batch, queue_size, self.drain_s())
+
+    def drain_s(self) -> float | None:
+        """Estimated seconds until every replica is done with what it holds: replicas drain side by side, so the
+        longest one's (None while no replica has an estimate; also what the drain gauge reports)."""
         drains = [s.stats.drain_s for s in self.replica_stats().values() if s.stats.drain_s is not None]
-        # replicas drain side by side: the cluster is done when its longest replica is
-        return EngineStats(self.queue_depth(), self.running_count(), max_batch, queue_size, max(drains, default=None))
+        return max(drains, default=None)
 
     def queue_depth(self) -> int:
         """Queued jobs on every replica (also what the ingress's own queue gauge reports)."""
@@ -169,20 +178,22 @@ class RayEngineClient:
         max_wait_s: float | None = None,
         exclude: frozenset[str] = frozenset(),
     ) -> tuple[Any, JobEvent]:
-        """Submit on a replica: (its open `run` stream, the job's first event). Serve's choice first, then every
-        other replica, emptiest first; `exclude`: replicas not to try again."""
+        """Submit on a replica: (its open `run` stream, the job's first event). The replica estimated to finish it
+        first, then the others in that order (placement.py); Serve's choice first while no replica has an estimate.
+        `exclude`: replicas not to try again."""
         tried = set(exclude)
         refusals: list[Refusal] = []
         target: str | None = None
         first = True
         while True:
-            if not first:
-                free = sorted(
-                    (s.free, tag) for tag, s in self.replica_stats().items() if tag not in tried and s.health.accepting
-                )
-                if not free:
-                    break
-                target = free[-1][1]
+            stats = self.replica_stats()
+            order = by_earliest_finish(stats, self._told, time.monotonic(), tried)
+            if first and not any(stats[tag].stats.drain_s is not None for tag in order):
+                target = None  # nothing estimated yet: Serve's power-of-two choice
+            elif order:
+                target = order[0]
+            else:
+                break
             first = False
             stream = self.handle.options(stream=True).run.remote(
                 target, params, fmt, client_job_id, carrier, keep, not keep, max_wait_s
@@ -202,6 +213,9 @@ class RayEngineClient:
                 refusals.append(answer)
                 tried.update({answer.replica, target or answer.replica})
                 continue
+            owner = owner_of(answer.job.id)
+            if owner is not None and answer.job.eta_s is not None:
+                self._told[owner] = (time.monotonic(), answer.job.eta_s)  # the newest job there ends its queue
             return stream, answer
         if not refusals:
             raise NotAccepting("no model replica is available")
