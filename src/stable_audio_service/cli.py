@@ -121,7 +121,10 @@ def generate(
         None, envvar="STABLE_AUDIO_API_KEY", help="Bearer token for --server [env STABLE_AUDIO_API_KEY]."
     ),
     lora: list[str] | None = typer.Option(
-        None, "--lora", help="LoRA adapter NAME[:STRENGTH] (strength 1 by default); repeat to stack, in order."
+        None,
+        "--lora",
+        help="LoRA adapter NAME[:STRENGTH[:CONDITIONER_STRENGTH]] (strength 1 by default; the conditioner's "
+        "defaults to the strength); repeat to stack, in order.",
     ),
     lora_dir: Path | None = typer.Option(
         None, help="Directory of LoRA adapters (Stable Audio 3) [env STABLE_AUDIO_LORA_DIR]."
@@ -163,14 +166,19 @@ def generate(
 
 
 def _lora_specs(specs: list[str]) -> list[dict]:
-    """`NAME[:STRENGTH]` -> request items (names never contain ':')."""
+    """`NAME[:STRENGTH[:CONDITIONER_STRENGTH]]` -> request items (names never contain ':')."""
     out = []
     for spec in specs:
-        name, sep, strength = spec.partition(":")
-        try:
-            out.append({"name": name, "strength": float(strength)} if sep else {"name": name})
-        except ValueError:
-            _fail(f"--lora {spec}: the strength after ':' must be a number")
+        name, *numbers = spec.split(":")
+        if len(numbers) > 2:
+            _fail(f"--lora {spec}: NAME[:STRENGTH[:CONDITIONER_STRENGTH]] has at most two numbers")
+        item: dict = {"name": name}
+        for key, value in zip(("strength", "conditioner_strength"), numbers, strict=False):
+            try:
+                item[key] = float(value)
+            except ValueError:
+                _fail(f"--lora {spec}: the {key.replace('_', ' ')} after ':' must be a number")
+        out.append(item)
     return out
 
 

@@ -15,6 +15,9 @@ A deadline: `generate(..., max_wait_s=30)` (or `submit`) asks the service to ref
 cannot finish within 30 s (`DeadlineRefused`, with the estimate and a Retry-After; not retried, so the caller is
 never kept past its own deadline by the client). Events say `eta_s`, the service's estimate of the seconds left.
 
+LoRA adapters (Stable Audio 3), each with Stability's per-adapter controls: `loras=[Lora("style", 0.8,
+conditioner_strength=1.0, interval=(0.0, 0.5), layer_filter=["cross_attn"])]`; names and dicts work too.
+
 Only `httpx` and `httpx-sse` are needed at import time (no torch); `to_numpy()` uses soundfile.
 """
 
@@ -27,7 +30,7 @@ import inspect
 import os
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import aclosing, closing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +49,7 @@ __all__ = [
     "JobCancelled",
     "JobEvent",
     "JobFailed",
+    "Lora",
     "ResponseMeta",
     "StableAudioClient",
     "StableAudioError",
@@ -226,6 +230,39 @@ def _region(value: Any) -> Any:
     return value
 
 
+@dataclass(frozen=True)
+class Lora:
+    """One adapter of a request (`GET /loras` names them) with Stability's per-adapter controls: its strength on
+    the DiT, on the conditioner (None: the same), the sigma interval `(min, max)` in which it acts on the DiT (None:
+    every step), and substrings of DiT layer names where it does not act."""
+
+    name: str
+    strength: float = 1.0
+    conditioner_strength: float | None = None
+    interval: tuple[float, float] | None = None
+    layer_filter: Sequence[str] | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        """The request item, unset controls left out (the service's defaults apply)."""
+        item: dict[str, Any] = {"name": self.name, "strength": self.strength}
+        if self.conditioner_strength is not None:
+            item["conditioner_strength"] = self.conditioner_strength
+        if self.interval is not None:
+            item["interval"] = list(self.interval)
+        if self.layer_filter is not None:
+            item["layer_filter"] = list(self.layer_filter)
+        return item
+
+
+def _lora(value: Any) -> Any:
+    """`Lora` objects and bare names are accepted for `loras` besides the service's dicts."""
+    if isinstance(value, Lora):
+        return value.as_json()
+    if isinstance(value, str):
+        return {"name": value}
+    return value
+
+
 def build_body(prompt: str, params: Mapping[str, Any]) -> dict[str, Any]:
     """The JSON body for `/predict` and `/jobs`: the service's field names, None values left out (the
     model's defaults apply), uploads read and base64-encoded. Unknown names are sent as they are, so
@@ -238,6 +275,8 @@ def build_body(prompt: str, params: Mapping[str, Any]) -> dict[str, Any]:
             body[UPLOAD_FIELDS[name]] = _read_upload(name, value)
         elif name == "inpaint_regions":
             body[name] = [_region(r) for r in value]
+        elif name == "loras":
+            body[name] = [_lora(x) for x in value]
         else:
             body[name] = value
     return body

@@ -12,3 +12,7 @@ MAX_SEED = 2**32 - 1
 # adapter's direction. Each adapter adds low-rank work to every targeted layer, hence a small per-request maximum.
 MAX_LORAS_PER_REQUEST = 4
 MAX_LORA_STRENGTH = 10.0
+# A layer filter (substrings of DiT layer names where an adapter does not act): a few dozen substrings of a layer
+# name's length are plenty; bracket ranges are bounded separately when expanded (adapters.MAX_FILTER_EXPANSION).
+MAX_LORA_LAYER_FILTERS = 32
+MAX_LORA_FILTER_CHARS = 200

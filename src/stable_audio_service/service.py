@@ -13,7 +13,14 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from . import audio as audio_io
-from .limits import MAX_LORA_STRENGTH, MAX_LORAS_PER_REQUEST, MAX_SEED
+from .adapters.files import MAX_FILTER_EXPANSION, LayerFilterError, check_layer_filter
+from .limits import (
+    MAX_LORA_FILTER_CHARS,
+    MAX_LORA_LAYER_FILTERS,
+    MAX_LORA_STRENGTH,
+    MAX_LORAS_PER_REQUEST,
+    MAX_SEED,
+)
 from .models.base import AudioModel, Bound, GenerationParams, LoraRef
 
 if TYPE_CHECKING:
@@ -37,6 +44,12 @@ class _Lora(Protocol):
     def name(self) -> str: ...
     @property
     def strength(self) -> float: ...
+    @property
+    def conditioner_strength(self) -> float | None: ...
+    @property
+    def interval(self) -> Sequence[float] | None: ...
+    @property
+    def layer_filter(self) -> Sequence[str] | None: ...
 
 
 class RequestLike(Protocol):
@@ -173,8 +186,9 @@ def check_request(req: RequestLike, model: AudioModel, settings: Settings) -> di
 def check_loras(req: RequestLike, model: AudioModel) -> tuple[LoraRef, ...]:
     """Each named adapter must be in the model's adapter directory and fit the model, so a bad name is a 422
     here rather than a failure mid-batch (fit was checked when the directory was scanned, so this is a look-up);
-    strength bounds are the schema's."""
-    loras = tuple(LoraRef(x.name, float(x.strength)) for x in (req.loras or []))
+    strength bounds are the schema's. Each adapter's controls are checked here too: an interval's min may not
+    exceed its max (it would never act), and a layer filter is normalised as Stability reads it."""
+    loras = tuple(_lora_ref(i, x) for i, x in enumerate(req.loras or []))
     if not loras:
         return ()
     if not model.capabilities.loras:
@@ -189,6 +203,24 @@ def check_loras(req: RequestLike, model: AudioModel) -> tuple[LoraRef, ...]:
         if problem is not None:
             raise RequestError(["loras", i, "name"], problem)
     return loras
+
+
+def _lora_ref(i: int, x: _Lora) -> LoraRef:
+    """One request item as the model takes it, its controls checked (`loc` names the field)."""
+    interval = (0.0, 1.0)
+    if x.interval is not None:
+        if len(x.interval) != 2:
+            raise RequestError(["loras", i, "interval"], "must be [min, max]")
+        low, high = float(x.interval[0]), float(x.interval[1])
+        if not 0.0 <= low <= high <= 1.0:
+            raise RequestError(["loras", i, "interval"], f"[{low:g}, {high:g}] is not 0 <= min <= max <= 1")
+        interval = (low, high)
+    try:
+        layer_filter = check_layer_filter(x.layer_filter or ())
+    except LayerFilterError as exc:
+        raise RequestError(["loras", i, "layer_filter", exc.index], str(exc)) from None
+    conditioner = None if x.conditioner_strength is None else float(x.conditioner_strength)
+    return LoraRef(x.name, float(x.strength), conditioner, interval, layer_filter)
 
 
 def has_uploads(req: RequestLike) -> bool:
@@ -256,8 +288,23 @@ def request_fields(model: AudioModel, settings: Settings) -> dict[str, Any]:
 
 
 def _lora_fields() -> dict[str, Any]:
-    bound = Bound(1.0, -MAX_LORA_STRENGTH, MAX_LORA_STRENGTH)
-    return {"max_items": MAX_LORAS_PER_REQUEST, "strength": bound.as_dict(float), "names": "GET /loras"}
+    return {"max_items": MAX_LORAS_PER_REQUEST, **lora_controls(), "names": "GET /loras"}
+
+
+def lora_controls() -> dict[str, Any]:
+    """Defaults and bounds of each `loras` item's controls (`GET /models`, `GET /loras`)."""
+    bound = Bound(1.0, -MAX_LORA_STRENGTH, MAX_LORA_STRENGTH).as_dict(float)
+    return {
+        "strength": bound,
+        "conditioner_strength": {**bound, "default": "strength"},
+        "interval": {"default": [0.0, 1.0], "minimum": 0.0, "maximum": 1.0},
+        "layer_filter": {
+            "default": [],
+            "max_items": MAX_LORA_LAYER_FILTERS,
+            "max_length": MAX_LORA_FILTER_CHARS,
+            "max_expanded": MAX_FILTER_EXPANSION,
+        },
+    }
 
 
 def capabilities(model: AudioModel, settings: Settings) -> dict[str, Any]:

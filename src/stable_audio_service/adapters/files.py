@@ -79,6 +79,52 @@ def is_targeted(name: str, include: Sequence[str] | None, exclude: Sequence[str]
     return not (exclude is not None and _matches_any(name, exclude))
 
 
+# -- a request's layer filter (Stability's `filter_lora_layers`) ----------------------------------------------
+
+# Substrings one request's layer filters may expand to in all (`layers.[0-999].` is a thousand).
+MAX_FILTER_EXPANSION = 4096
+_RANGE = re.compile(r"\[(\d+)-(\d+)\]")
+
+
+class LayerFilterError(ValueError):
+    """One item of a request's layer filter cannot be used; `index` says which."""
+
+    def __init__(self, index: int, message: str) -> None:
+        super().__init__(message)
+        self.index = index
+
+
+def check_layer_filter(items: Sequence[str]) -> tuple[str, ...]:
+    """A request's layer filter as Stability reads its comma-separated string: each substring lower-cased and
+    stripped (its bracket ranges expand when matched). Raises LayerFilterError for a blank item (Stability's
+    parser would keep a blank between commas as "" and so disable the adapter on every layer; strength 0 says that
+    plainly), an item with a comma (Stability's string splits there: give each substring as its own item), or
+    ranges expanding past MAX_FILTER_EXPANSION substrings in all."""
+    out: list[str] = []
+    total = 0
+    for i, item in enumerate(items):
+        pattern = item.lower().strip()
+        if not pattern:
+            raise LayerFilterError(i, "is blank: it would match every layer (strength 0 turns an adapter off)")
+        if "," in pattern:
+            raise LayerFilterError(i, "holds a comma: give each substring as its own item")
+        total += math.prod(abs(int(b) - int(a)) + 1 for a, b in _RANGE.findall(pattern))
+        if total > MAX_FILTER_EXPANSION:
+            raise LayerFilterError(i, f"its bracket ranges expand past {MAX_FILTER_EXPANSION} substrings in all")
+        out.append(pattern)
+    return tuple(out)
+
+
+def expand_layer_filter(patterns: Sequence[str]) -> tuple[str, ...]:
+    """Every substring a checked layer filter matches with (`layers.[0-1].` -> `layers.0.`, `layers.1.`)."""
+    return tuple(dict.fromkeys(p for pattern in patterns for p in expand_brackets(pattern)))
+
+
+def layer_filtered(name: str, substrings: Sequence[str]) -> bool:
+    """Whether a layer filter (expanded) disables an adapter on the layer `name`: any substring of it, OR-ed."""
+    return any(s in name for s in substrings)
+
+
 # -- reading files --------------------------------------------------------------------------------------------
 
 

@@ -37,7 +37,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .files import FACTORED_TYPES, KEY_RE, PARAMS_OF, AdapterError, AdapterInfo, is_targeted, read_file
+from .files import (
+    FACTORED_TYPES,
+    KEY_RE,
+    PARAMS_OF,
+    AdapterError,
+    AdapterInfo,
+    is_targeted,
+    layer_filtered,
+    read_file,
+)
 from .targets import Target
 
 DORA_EPS = 1e-12
@@ -139,6 +148,12 @@ def load_adapter(info: AdapterInfo, targets: dict[str, Target], device: torch.de
     return LoadedAdapter(info, kind, scaling, layers, total)
 
 
+def as_float32(value: float) -> float:
+    """A number as a float32 holds it (Stability's `lora_strength` buffer, a sigma bound compared with a float32
+    timestep), as a Python float."""
+    return float(torch.tensor(float(value), dtype=torch.float32))
+
+
 def strength_coefficient(adapter: LoadedAdapter, strength: float) -> torch.Tensor:
     """`self.scaling * self.lora_strength`: float32(alpha/rank) times the float32 strength buffer, in float32."""
     return adapter.scaling * torch.tensor(float(strength), dtype=torch.float32)
@@ -216,7 +231,7 @@ class LayerPlan:
 
 @dataclass
 class SetPlan:
-    """An ordered adapter set at its strengths, ready to apply."""
+    """An ordered adapter set at its strengths, on some of the model's targets, ready to apply."""
 
     applied: tuple[tuple[str, float], ...]  # (name, strength) in request order
     merged: bool
@@ -227,22 +242,51 @@ class SetPlan:
         return sum(p.bytes for p in self.layers.values())
 
 
+@dataclass(frozen=True)
+class PlanEntry:
+    """One adapter of a set as a plan uses it: its strength on stepwise targets (the denoiser), its strength on
+    the others (a conditioner), and the expanded layer filter that leaves stepwise targets out."""
+
+    adapter: LoadedAdapter
+    strength: float
+    conditioner_strength: float
+    layer_filter: tuple[str, ...] = ()
+
+    def strength_on(self, target: Target) -> float:
+        """The strength this adapter acts on `target` with; 0 where its layer filter disables it (Stability's
+        disabled parametrization passes the weight through, as strength 0 does)."""
+        if not target.stepwise:
+            return self.conditioner_strength
+        if self.layer_filter and layer_filtered(target.filter_name, self.layer_filter):
+            return 0.0
+        return self.strength
+
+
 def build_plan(
-    entries: Sequence[tuple[LoadedAdapter, float]],
+    entries: Sequence[PlanEntry],
     targets: dict[str, Target],
     dtype: torch.dtype,
     base_sq: dict[str, torch.Tensor] | None = None,
 ) -> SetPlan:
-    """The per-module plan of an adapter set (request order). Strength 0 drops an adapter: DoRA's exact shortcut,
-    and `W + 0 * delta == W` for the additive types."""
-    applied = tuple((a.info.name, float(s)) for a, s in entries)
-    live = [(a, strength_coefficient(a, s)) for a, s in entries if float(s) != 0.0]
-    merged = any(a.adapter_type not in FACTORED_TYPES for a, _ in live)
-    plan = SetPlan(applied, merged)
+    """The per-module plan of an adapter set (request order) on `targets`. An adapter at strength 0 on a target,
+    or filtered out there, is left out of that target's chain: DoRA's exact shortcut, `W + 0 * delta == W` for
+    the additive types, and a disabled parametrization all pass the weight through, so the next adapter acts on
+    what the previous enabled one made."""
+    applied = tuple((e.adapter.info.name, float(e.strength)) for e in entries)
+    chains: dict[str, list[tuple[str, AdapterLayer, torch.Tensor]]] = {}
     for name, target in targets.items():
-        steps = [(a.adapter_type, a.layers[name], c) for a, c in live if name in a.layers]
-        if not steps:
-            continue
+        steps = []
+        for e in entries:
+            strength = float(e.strength_on(target))
+            if strength != 0.0 and name in e.adapter.layers:
+                coefficient = strength_coefficient(e.adapter, strength)
+                steps.append((e.adapter.adapter_type, e.adapter.layers[name], coefficient))
+        if steps:
+            chains[name] = steps
+    merged = any(kind not in FACTORED_TYPES for steps in chains.values() for kind, _, _ in steps)
+    plan = SetPlan(applied, merged)
+    for name, steps in chains.items():
+        target = targets[name]
         weight = target.module.weight
         if merged:
             plan.layers[name] = LayerPlan(weight=official_weight(weight, steps).to(weight.dtype))

@@ -17,25 +17,30 @@ from typing import Any
 
 import torch
 
-from ..models.base import LRUCache
-from .files import FILE_SUFFIXES, MIB, AdapterError, AdapterInfo, inspect_adapter
+from ..models.base import LoraRef, LRUCache
+from .files import (
+    FILE_SUFFIXES,
+    MIB,
+    AdapterError,
+    AdapterInfo,
+    LayerFilterError,
+    check_layer_filter,
+    expand_layer_filter,
+    inspect_adapter,
+)
 from .hooks import AdapterHooks, RowPlans
-from .plans import LoadedAdapter, SetPlan, build_plan, load_adapter
+from .plans import LoadedAdapter, PlanEntry, SetPlan, as_float32, build_plan, load_adapter
+from .schedule import RequestAdapters
 from .targets import Target
 
 log = logging.getLogger("stable_audio_service.adapters")
-
-
-def _f32(value: float) -> float:
-    """A strength as the float32 `lora_strength` buffer holds it."""
-    return float(torch.tensor(float(value), dtype=torch.float32))
 
 
 def _versions(key: Any) -> list[tuple[str, int, int]]:
     """The adapter file versions a cache key depends on."""
     if key[0] == "adapter":
         return [key[1]]
-    return [version for version, _ in key[1]]
+    return [version for version, *_ in key[2]]
 
 
 class AdapterRegistry:
@@ -165,32 +170,59 @@ class AdapterRegistry:
                 self.cache.put(key, adapter, adapter.bytes)
             return adapter
 
-    def plan(self, refs: Sequence[Any]) -> SetPlan:
-        """The plan of `refs` (objects with .name and .strength, request order), cached by adapter versions and
-        float32 strengths."""
+    def entries(self, refs: Sequence[LoraRef]) -> list[PlanEntry]:
+        """A request's adapters (request order) loaded, with their float32 strengths (as Stability's
+        `lora_strength` buffers hold them; the conditioner's defaults to the DiT's) and expanded layer filters.
+        A request keeps these for all its steps: a file changed on disk meanwhile does not change it."""
+        out = []
         with self._lock:
-            adapters = [self.load(r.name) for r in refs]
-            strengths = [_f32(r.strength) for r in refs]
-            key = ("plan", tuple((a.key, s) for a, s in zip(adapters, strengths, strict=True)))
+            for i, r in enumerate(refs):
+                try:
+                    patterns = expand_layer_filter(check_layer_filter(r.layer_filter))
+                except LayerFilterError as exc:
+                    raise AdapterError(f"adapter {i} ({r.name!r}): layer_filter item {exc.index} {exc}") from None
+                conditioner = r.strength if r.conditioner_strength is None else r.conditioner_strength
+                out.append(PlanEntry(self.load(r.name), as_float32(r.strength), as_float32(conditioner), patterns))
+        return out
+
+    def plan_of(self, entries: Sequence[PlanEntry], stepwise: bool | None = None) -> SetPlan:
+        """The plan of `entries` on the stepwise targets (True), the others (False) or all (None), cached by the
+        adapter versions, strengths and filters it depends on."""
+        with self._lock:
+            if stepwise is None:
+                parts = tuple((e.adapter.key, e.strength, e.conditioner_strength, e.layer_filter) for e in entries)
+            elif stepwise:
+                parts = tuple((e.adapter.key, e.strength, e.layer_filter) for e in entries)
+            else:
+                parts = tuple((e.adapter.key, e.conditioner_strength) for e in entries)
+            key = ("plan", stepwise, parts)
             plan = self.cache.get(key)
             if plan is None:
+                targets = self.targets
+                if stepwise is not None:
+                    targets = {n: t for n, t in targets.items() if t.stepwise == stepwise}
                 with torch.no_grad():
-                    entries = list(zip(adapters, strengths, strict=True))
-                    plan = build_plan(entries, self.targets, self.dtype, self._base_sq)
+                    plan = build_plan(entries, targets, self.dtype, self._base_sq)
                 self.cache.put(key, plan, plan.bytes)
             return plan
 
-    def batch_key(self, refs: Sequence[Any]) -> tuple:
-        """() when the set shares forwards with anyone; the whole set when it must be merged (dora-cols)."""
+    def plan(self, refs: Sequence[LoraRef], stepwise: bool | None = None) -> SetPlan:
+        """The plan of `refs` (request order) on the stepwise targets (True), the others (False) or all (None)."""
+        with self._lock:
+            return self.plan_of(self.entries(refs), stepwise)
+
+    def batch_key(self, refs: Sequence[LoraRef]) -> tuple:
+        """() when the set shares forwards with anyone, whatever its intervals and filters; the whole set, controls
+        included, when its DiT plans must be merged (dora-cols at a strength other than 0)."""
         with self._lock:
             merged = False
             for r in refs:
                 info = self._infos.get(r.name)
-                if info is not None and info.fits and not info.factored and _f32(r.strength) != 0.0:
+                if info is not None and info.fits and not info.factored and as_float32(r.strength) != 0.0:
                     merged = True
             if not merged:
                 return ()
-            return (("lora-merged",) + tuple((r.name, float(r.strength)) for r in refs),)
+            return (("lora-merged",) + tuple((r.name, float(r.strength), r.interval, r.layer_filter) for r in refs),)
 
     def stats(self) -> dict[str, Any]:
         with self._lock:
@@ -235,26 +267,30 @@ class Adapters:
         last scan found, cheap enough for the request path."""
         return self.registry.problem(name)
 
-    def batch_key(self, refs: Sequence[Any]) -> tuple[Hashable, ...]:
+    def batch_key(self, refs: Sequence[LoraRef]) -> tuple[Hashable, ...]:
         """What a request's adapters add to its batch key: () when they share forwards with any request."""
         return self.registry.batch_key(refs) if refs else ()
 
-    def plan(self, refs: Sequence[Any]) -> SetPlan | None:
-        """The plan of a request's adapters (request order), made once for all its steps; None without adapters.
-        Raises AdapterError when one cannot be used."""
-        return self.registry.plan(refs) if refs else None
+    def request(self, refs: Sequence[LoraRef]) -> RequestAdapters | None:
+        """A request's adapters for all its steps (the conditioner's plan now, the DiT's at each step's sigma);
+        None without adapters. Raises AdapterError when one cannot be used."""
+        if not refs:
+            return None
+        return RequestAdapters(self.registry, self.registry.entries(refs), [r.interval for r in refs])
 
     def rows(self, segments: Sequence[tuple[int, int, SetPlan | None]]) -> RowPlans | None:
         """The argument a forward takes: each plan on its rows `[start, stop)` of the batch (None: nothing to do)."""
         return self.hooks.rows(segments)
 
     def listing(self, rescan: bool = False) -> dict[str, Any]:
-        """Every file of the directory (usable or not, with the reason), the directory's own error and the cache's
-        use, for `GET /loras`; `rescan` reads the directory again first (`POST /loras/reload`)."""
+        """Every file of the directory (usable or not, with the reason), the directory's own error, the cache's
+        use and the layer names a request's layer filter is matched against, for `GET /loras`; `rescan` reads the
+        directory again first (`POST /loras/reload`)."""
         infos = self.registry.scan() if rescan else self.registry.list()
         return {
             "directory_error": self.registry.error,
             "cache": self.registry.stats(),
+            "layer_names": [t.filter_name for t in self.targets.values() if t.stepwise],
             "loras": [info.public() for info in sorted(infos, key=lambda i: i.name)],
         }
 

@@ -20,23 +20,33 @@ class Target:
     module: nn.Module
     fan_out: int
     fan_in: int  # in_features, or in_channels * kernel for a Conv1d
+    # True for the denoiser's modules, run at every sampling step: a request's sigma interval and layer filter act
+    # on them, at its (DiT) strength. False for a conditioner's, run once per request at its conditioner strength.
+    stepwise: bool = True
+    # The name a layer filter is matched against: relative to the denoiser module, as Stability's
+    # `filter_lora_layers(dit, ...)` names it (`transformer.layers.0.self_attn.to_qkv`).
+    filter_name: str = ""
 
     @property
     def conv(self) -> bool:
         return isinstance(self.module, nn.Conv1d)
 
 
-def collect_targets(modules: Iterable[tuple[str, nn.Module]]) -> dict[str, Target]:
+def collect_targets(
+    modules: Iterable[tuple[str, nn.Module]], *, prefix: str = "", stepwise: bool = True
+) -> dict[str, Target]:
     """Every `nn.Linear` and `nn.Conv1d` of `(name, module)` pairs, in order, as Stability's `add_lora` finds them
-    (other modules are skipped). A grouped or non-zero-padded convolution is refused: the low-rank term of a
-    Conv1d is applied as two plain convolutions, which only holds for those."""
+    (other modules are skipped), named `prefix + name` (the files' keys) with `name` as their filter name. A
+    grouped or non-zero-padded convolution is refused: the low-rank term of a Conv1d is applied as two plain
+    convolutions, which only holds for those."""
     targets = {}
     for name, module in modules:
+        key = prefix + name
         if isinstance(module, nn.Conv1d):
             if module.groups != 1 or module.padding_mode != "zeros":
-                raise ValueError(f"{name}: grouped or non-zero-padded convolutions are not supported")
+                raise ValueError(f"{key}: grouped or non-zero-padded convolutions are not supported")
             fan_out = module.weight.shape[0]
-            targets[name] = Target(name, module, fan_out, module.weight[0].numel())
+            targets[key] = Target(key, module, fan_out, module.weight[0].numel(), stepwise, name)
         elif isinstance(module, nn.Linear):
-            targets[name] = Target(name, module, module.out_features, module.in_features)
+            targets[key] = Target(key, module, module.out_features, module.in_features, stepwise, name)
     return targets

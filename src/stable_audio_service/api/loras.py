@@ -13,6 +13,7 @@ from fastapi import APIRouter
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
+from ..service import lora_controls
 from .routes import ERROR_RESPONSES, ClientDep
 from .schemas import MAX_LORA_STRENGTH, MAX_LORAS_PER_REQUEST
 
@@ -49,6 +50,15 @@ class LoraList(BaseModel):
     max_per_request: int = MAX_LORAS_PER_REQUEST
     strength: dict[str, float] = {"default": 1.0, "minimum": -MAX_LORA_STRENGTH, "maximum": MAX_LORA_STRENGTH}
     cache: dict[str, Any] | None = None
+    controls: dict[str, Any] = Field(
+        default_factory=lora_controls,
+        description="Each request item's controls, with defaults and bounds: strength (the DiT's), "
+        "conditioner_strength (default: strength), interval [min, max] of sigma in which it acts on the DiT, "
+        "layer_filter (substrings of the layer names below where it does not act).",
+    )
+    layer_names: list[str] = Field(
+        default_factory=list, description="The DiT layer names a layer_filter is matched against."
+    )
     loras: list[LoraInfo]
 
 
@@ -64,6 +74,7 @@ def _listing(model: Any, rescan: bool) -> LoraList:
         model=model.name,
         directory_error=listing["directory_error"],
         cache=listing["cache"],
+        layer_names=listing["layer_names"],
         loras=[LoraInfo(**info) for info in listing["loras"]],
     )
 

@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from ..limits import MAX_LORA_STRENGTH, MAX_LORAS_PER_REQUEST, MAX_SEED
+from ..limits import (
+    MAX_LORA_FILTER_CHARS,
+    MAX_LORA_LAYER_FILTERS,
+    MAX_LORA_STRENGTH,
+    MAX_LORAS_PER_REQUEST,
+    MAX_SEED,
+)
 
 CLIENT_JOB_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,256}$"
 CLIENT_JOB_ID_RE = re.compile(CLIENT_JOB_ID_PATTERN)
@@ -43,6 +49,27 @@ class LoraRequest(BaseModel):
         le=MAX_LORA_STRENGTH,
         description="Stability's `lora_strength`: scales the adapter's low-rank term (scale = strength x alpha / "
         "rank). DoRA adapters renormalise in full at any strength but 0, and 0 turns them off exactly.",
+    )
+    conditioner_strength: float | None = Field(
+        None,
+        ge=-MAX_LORA_STRENGTH,
+        le=MAX_LORA_STRENGTH,
+        description="The strength on the conditioner (the duration embedding) instead of the DiT; default: "
+        "`strength`, as Stability's `set_lora_strength` sets both.",
+    )
+    interval: list[Annotated[float, Field(ge=0.0, le=1.0)]] | None = Field(
+        None,
+        min_length=2,
+        max_length=2,
+        description="[min, max]: the adapter acts on the DiT only at steps whose noise level sigma lies in it "
+        "(min <= sigma <= max; sigma falls from 1 to 0). Default [0, 1]: every step.",
+    )
+    layer_filter: list[Annotated[str, Field(min_length=1, max_length=MAX_LORA_FILTER_CHARS)]] | None = Field(
+        None,
+        max_length=MAX_LORA_LAYER_FILTERS,
+        description="Substrings (lower-cased, any of them) of DiT layer names where the adapter does not act, e.g. "
+        "`cross_attn` or `transformer.layers.[0-3].` (bracket ranges expand). Names are relative to the DiT: "
+        "`transformer.layers.0.self_attn.to_qkv`, `to_global_embed.0`.",
     )
 
 

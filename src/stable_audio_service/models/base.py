@@ -65,10 +65,16 @@ class Capabilities:
 
 @dataclass(frozen=True)
 class LoraRef:
-    """One adapter of a request: its name (file stem) and strength."""
+    """One adapter of a request and its controls, Stability's per-LoRA settings: its strength on the denoiser,
+    its strength on the conditioner (None: the same, as one `set_lora_strength` sets both), the sigma interval
+    `(min, max)` in which it acts on the denoiser (inclusive), and the layer filter (substrings of denoiser layer
+    names where it does not act)."""
 
     name: str
     strength: float = 1.0
+    conditioner_strength: float | None = None
+    interval: tuple[float, float] = (0.0, 1.0)
+    layer_filter: tuple[str, ...] = ()
 
 
 @dataclass

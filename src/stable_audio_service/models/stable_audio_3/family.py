@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from ...adapters import AdapterError, Adapters, RowPlans, SetPlan, applied
+from ...adapters import AdapterError, Adapters, RequestAdapters, RowPlans, SetPlan, applied
 from ..base import (
     AudioModel,
     Bound,
@@ -180,10 +180,13 @@ class SA3State(GenerationState):
     inpaint_source: np.ndarray | None = None  # (channels, output samples): the source, kept past drop_uploads()
     denoised: torch.Tensor | None = None  # the last step's prediction (the final latents after the last step)
     noise: torch.Tensor | None = None  # the last step's re-noising draw
-    lora_plan: SetPlan | None = None  # the request's adapters, planned once for all its steps
+    adapters: RequestAdapters | None = None  # the request's adapters: the DiT's plan at each step's sigma
     # The same at every step, so computed once per request (`SA3Options.cache_request_tensors`):
     cross_kv: list[torch.Tensor] | None = None  # per layer, to_kv of the context rows
     local_embeds: list[torch.Tensor] | None = None  # per layer, to_local_embed of local_cond
+    # The DiT plans these were computed with (a request's adapters may act at some steps only).
+    cross_kv_plan: SetPlan | None = None
+    local_embeds_plan: SetPlan | None = None
 
 
 class StableAudio3Model(AudioModel[SA3State]):
@@ -383,15 +386,15 @@ class StableAudio3Model(AudioModel[SA3State]):
         # The first draw, as in generate(): drawn in float32, then cast to the DiT's dtype (`noise.type(model_dtype)`).
         noise = sampling.draw(generator, latent_shape).to(device=self.device, dtype=self.torch_dtype)
 
-        plan = None  # the request's LoRA adapters: those of the conditioner act on the duration embedding too
+        adapters = None  # the request's LoRA adapters: those of the conditioner act on the duration embedding too
         if params.loras:
             if self.adapters is None:
                 raise InvalidRequest("loras: this model serves no LoRA adapters (no adapter directory)")
             try:
-                plan = self.adapters.plan(params.loras)
+                adapters = self.adapters.request(params.loras)
             except AdapterError as exc:
                 raise InvalidRequest(f"loras: {exc}") from None
-        with self._adapters_on([(0, 1, plan)]):
+        with self._adapters_on([(0, 1, None if adapters is None else adapters.conditioner)]):
             duration_token = self.duration_cond([duration]).float()  # (1, cond)
         context = self._context(params.prompt, duration_token)
         cfg_scale = float(params.guidance_scale)
@@ -454,7 +457,7 @@ class StableAudio3Model(AudioModel[SA3State]):
             apg_scale=apg_scale,
             inpaint_keep=keep,
             inpaint_source=kept_source,
-            lora_plan=plan,
+            adapters=adapters,
         )
 
     @torch.no_grad()
@@ -465,8 +468,10 @@ class StableAudio3Model(AudioModel[SA3State]):
         check_batch(states, mixed_steps=self.mixed_steps)
         xs, ts, contexts, globals_, locals_, masks = [], [], [], [], [], []
         rows: list[tuple[int, int | None]] = []
+        plans: list[SetPlan | None] = []  # each request's DiT adapters at this step
         for state in states:
             t = state.sigmas[:, state.step].to(state.x.dtype)  # the sampler passes t in its latents' dtype
+            plans.append(None if state.adapters is None else state.adapters.at(t.float().item()))
             cond_row = len(xs)
             pairs = [state.context] + ([state.uncond_context] if state.uncond_context is not None else [])
             for context in pairs:  # [cond, uncond], the official batch-2 CFG order
@@ -478,16 +483,17 @@ class StableAudio3Model(AudioModel[SA3State]):
                 masks.append(state.padding_mask)
             rows.append((cond_row, cond_row + 1 if state.uncond_context is not None else None))
         groups = [1 if u is None else 2 for _, u in rows]
-        segments = [(c, c + g, s.lora_plan) for s, (c, _), g in zip(states, rows, groups, strict=True)]
+        segments = [(c, c + g, plan) for plan, (c, _), g in zip(plans, rows, groups, strict=True)]
         context_kv = None
         if self.options.cache_request_tensors:  # see SA3State.cross_kv and local_embeds
-            for state, (c, _), g in zip(states, rows, groups, strict=True):
-                if state.cross_kv is None:
-                    plans = self._rows([(0, g, state.lora_plan)])
-                    state.cross_kv = self.dit.cross_kv(torch.cat(contexts[c : c + g]), plans)
+            for state, plan, (c, _), g in zip(states, plans, rows, groups, strict=True):
+                if state.cross_kv is None or state.cross_kv_plan is not plan:
+                    adapted = self._rows([(0, g, plan)])
+                    state.cross_kv = self.dit.cross_kv(torch.cat(contexts[c : c + g]), adapted)
+                    state.cross_kv_plan = plan
             per_state = [s.cross_kv for s in states]
             context_kv = per_state[0] if len(states) == 1 else [torch.cat(kv) for kv in zip(*per_state, strict=True)]
-        local_embeds = None if locals_[0] is None else self._local_embeds(states, groups)
+        local_embeds = None if locals_[0] is None else self._local_embeds(states, groups, plans)
         local = None if locals_[0] is None or local_embeds is not None else torch.cat(locals_)
         out = self.dit(
             torch.cat(xs),
@@ -514,20 +520,23 @@ class StableAudio3Model(AudioModel[SA3State]):
             state.noise = noise
             state.step += 1
 
-    def _local_embeds(self, states: list[SA3State], groups: list[int]) -> list[torch.Tensor] | None:
-        """Each layer's local-conditioning embedding of these rows, from what every request computed once (its
-        guidance rows share one local conditioning, so one row is computed and repeated). None (computed in the
-        forward, every step) when caching is off, the DiT takes no local conditioning or a request's cache would
-        pass `LOCAL_EMBED_CACHE_BYTES`."""
+    def _local_embeds(
+        self, states: list[SA3State], groups: list[int], plans: list[SetPlan | None]
+    ) -> list[torch.Tensor] | None:
+        """Each layer's local-conditioning embedding of these rows, from what every request computed once per
+        DiT adapter plan (its guidance rows share one local conditioning, so one row is computed and repeated).
+        None (computed in the forward, every step) when caching is off, the DiT takes no local conditioning or a
+        request's cache would pass `LOCAL_EMBED_CACHE_BYTES`."""
         dit = self.config.dit
         if not self.options.cache_request_tensors or not dit.local_add_cond_dim:
             return None
-        for state in states:
-            if state.local_embeds is None:
+        for state, plan in zip(states, plans, strict=True):
+            if state.local_embeds is None or state.local_embeds_plan is not plan:
                 size = dit.depth * state.local_cond.shape[-1] * dit.embed_dim * state.local_cond.element_size()
                 if size > LOCAL_EMBED_CACHE_BYTES:
                     return None
-                state.local_embeds = self.dit.local_embeds(state.local_cond, self._rows([(0, 1, state.lora_plan)]))
+                state.local_embeds = self.dit.local_embeds(state.local_cond, self._rows([(0, 1, plan)]))
+                state.local_embeds_plan = plan
         rows = [[e.expand(g, -1, -1) for e in s.local_embeds] for s, g in zip(states, groups, strict=True)]
         return rows[0] if len(rows) == 1 else [torch.cat(layer) for layer in zip(*rows, strict=True)]
 
@@ -557,7 +566,7 @@ class StableAudio3Model(AudioModel[SA3State]):
         state.uncond_context = state.local_cond = state.denoised = state.noise = None
         state.cross_kv = state.local_embeds = None
         state.inpaint_keep = state.inpaint_source = None
-        state.lora_plan = None
+        state.adapters = state.cross_kv_plan = state.local_embeds_plan = None
         return result
 
     def describe(self) -> dict[str, Any]:

@@ -14,7 +14,10 @@ from ...adapters import Target, collect_targets
 
 
 def sa3_targets(dit: nn.Module, duration: nn.Module, duration_id: str) -> dict[str, Target]:
-    """Every Linear/Conv1d of the DiT and the duration embedder's Linear, under the names adapter files use."""
-    modules = [(f"model.{name}", m) for name, m in dit.named_modules()]
-    modules.append((f"conditioners.{duration_id}.embedder.embedding.1", duration.linear))
-    return collect_targets(modules)
+    """Every Linear/Conv1d of the DiT and the duration embedder's Linear, under the names adapter files use. The
+    DiT's are stepwise (Stability's `DiffusionTransformer.forward` applies each adapter's sigma interval and layer
+    filter to them, filters matching names relative to the DiT); the duration embedder is a conditioner's."""
+    targets = collect_targets(dit.named_modules(), prefix="model.")
+    duration_name = f"conditioners.{duration_id}.embedder.embedding.1"
+    targets.update(collect_targets([(duration_name, duration.linear)], stepwise=False))
+    return targets
