@@ -398,3 +398,16 @@ def test_a_failing_warm_up_leaves_the_engine_serving():
         assert engine.accepting and not engine.scheduler.costs.known  # nothing half-measured is kept
     finally:
         engine.shutdown(grace_s=5)
+
+
+def test_every_503_failure_says_when_to_retry():
+    model, watch = FakeModel(), Watcher()
+    model.finish_error = RuntimeError("CUDA out of memory while decoding")
+    engine = Engine(model, observer=watch, batch_wait_ms=0)
+    engine.start()
+    try:
+        job = engine.submit(params(seed=1, steps=1))
+        watch.wait(job)
+        assert job.error_status == 503 and "out of memory" in job.error and job.retry_after_s >= 1
+    finally:
+        engine.shutdown(grace_s=5)

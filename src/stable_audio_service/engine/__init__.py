@@ -151,7 +151,7 @@ class Engine:
         )
         self.store = JobStore(ttl_s=job_ttl_s, max_kept=max_jobs_kept, max_result_bytes=max_result_bytes, clock=clock)
         self.hub = EventHub(self._cond)
-        self.outcomes = Outcomes(self._cond, self.store, self.hub, self._observe)
+        self.outcomes = Outcomes(self._cond, self.store, self.hub, self._observe, retry_after=self._retry_after)
         self.encoder = ClipEncoder(
             self._cond,
             workers=encode_workers,

@@ -32,13 +32,16 @@ class Outcomes:
         store: JobStore,
         hub: EventHub,
         observe: Callable[..., None],
+        retry_after: Callable[[], float] | None = None,
     ) -> None:
         """`cond`: the engine's lock, notified whenever a job ends. `observe(what, job, **info)`: the engine's
-        observer call (never raises)."""
+        observer call (never raises). `retry_after()`: seconds until a retry may succeed, from the engine's
+        estimate (called under `cond`), for a 503 that has no more specific one (out of memory, shutting down)."""
         self._cond = cond
         self._store = store
         self._hub = hub
         self._observe = observe
+        self._retry_after = retry_after
 
     def end(
         self,
@@ -59,6 +62,8 @@ class Outcomes:
             job.status = status
             job.error = error
             job.error_status = code
+            if code == 503 and job.retry_after_s is None and self._retry_after is not None:
+                job.retry_after_s = self._retry_after()
             job.result = result if status == JobStatus.done else None
             job.finished = time.time()
             job.timings["total_s"] = round(job.finished - job.created, 4)
