@@ -138,8 +138,10 @@ class Scheduler:
     def _judge(
         self, job: Job, ticket: Ticket, now: float, before: Forecast, after: Forecast, running: RunningBatch | None
     ) -> WouldMissDeadline | None:
-        """Why `job` (just appended) must be refused, or None. Only measured estimates refuse: a time resting on
-        a cost never measured is a lower bound, and refusing on it would refuse work nobody has priced."""
+        """Why `job` (just appended) must be refused, or None. Its own finish refuses it even where it rests on a
+        cost never measured (counted as zero: a lower bound, so past the deadline it is surely late); another job
+        is protected only where its times are measured (with a lower bound "before", nobody knows it would have
+        made it)."""
         finish = after.finishes.get(job.id)
         estimate = (finish - now) if finish is not None else 0.0
         alone = self.costs.alone(ticket.priced_as, job.params.num_inference_steps) or 0.0
