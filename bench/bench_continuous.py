@@ -1,4 +1,4 @@
-"""Issue 12: continuous batching vs static batching vs plain sequential generation, with Poisson arrivals.
+"""Continuous batching vs static batching vs plain sequential generation, with Poisson arrivals.
 
     python -m bench.bench_continuous                    # mid-size SA3 small structure, 16 requests, 2 rounds
 
@@ -7,7 +7,7 @@ model, in alternating order per round:
 
 * sequential: one request at a time in arrival order, start -> steps -> decode (what a loop of `pipe(...)` does);
 * static: the engine with batches formed once and run to their end (the model's `mixed_steps` hidden, so nothing
-  joins a running batch; the engine as it was before issue 12);
+  joins a running batch; the engine as it was before continuous batching);
 * continuous: the engine as it is: requests of the same key join the running batch at the next step boundary
   and leave it when done;
 * engine_fifo: the engine with `max_batch_size` 1 (what `STABLE_AUDIO_MAX_BATCH_SIZE=1` serves): the engine's

@@ -1,4 +1,4 @@
-"""Issue 4: the service Engine vs plain diffusers on the same model and weights.
+"""The service Engine vs plain diffusers on the same model and weights.
 
 (a) single request, A/B interleaved over `--reps` rounds (ABBA order):
     plain  = `pipe(..., output_type="latent")` (text + denoise), then the pipeline's own decode of all

@@ -1,4 +1,4 @@
-"""Issue 10 benchmark: Stable Audio 3 as Stability ships it, per phase, at real size with random weights.
+"""Stable Audio 3 as Stability ships it, per phase, at real size with random weights.
 
 For the small and the medium structure (`bench/sa3_structures.py`) and clips of 10, 30 and 120 s: the time of
 each phase (text encoding, one DiT step and 8 steps, decode, encode for audio-to-audio) and the peak RSS. Each
@@ -350,7 +350,7 @@ def render(data: dict[str, Any]) -> str:
     rows = summarize(data["results"])
     m = data["machine"]
     lines = [
-        "### Stable Audio 3 per phase, real-size random weights (issue 10)",
+        "### Stable Audio 3 per phase, real-size random weights",
         "",
         f"CPU: {m['cpu']}, {m['nproc']} cores, torch threads {data['args']['threads']}, torch {m['torch']}, "
         f"diffusers {m['diffusers']}, {m['date']}. fp32, guidance 1, batch 1. 2048² fp32 matmul: "

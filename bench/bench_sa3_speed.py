@@ -122,9 +122,10 @@ def cosine(a: Any, b: Any) -> float:
 
 def default_dtype(device: str) -> tuple[str, str]:
     """The dtype the service serves Stable Audio 3 in with `STABLE_AUDIO_DTYPE=auto` here, and why."""
-    from stable_audio_service.models.loading import CPU_BFLOAT16_FAMILIES, choose_dtype
+    from stable_audio_service.models.loading import choose_dtype
+    from stable_audio_service.models.stable_audio_3.family import FAMILY
 
-    choice = choose_dtype(device, "auto", cpu_bfloat16="sa3" in CPU_BFLOAT16_FAMILIES)
+    choice = choose_dtype(device, "auto", cpu_bfloat16=FAMILY.cpu_bfloat16)
     return choice.name, choice.reason
 
 

@@ -1,4 +1,4 @@
-"""Issue 3 (variable length): what a short clip costs with plain diffusers vs the service's model.
+"""Variable length: what a short clip costs with plain diffusers vs the service's model.
 
 Three ways to make a clip of D seconds with the same (random-weight) Stable Audio Open architecture:
   plain  - diffusers `StableAudioPipeline.__call__`: always the full 1024-latent window (47.55 s),

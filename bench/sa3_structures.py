@@ -14,7 +14,7 @@ real values in brackets there, and `/work/shared/reference/real-size-models.md`)
   the real 786 MB embedding is in the RSS; the lookup's cost does not depend on it).
 
 Why a second builder beside `bench/sa3_real.py` (another engineer's, small only, uncommitted when this was
-written): the issue-10 benchmark needs the medium structure too, and the same medium shapes in diffusers' own
+written): the per-phase benchmark needs the medium structure too, and the same medium shapes in diffusers' own
 classes for the A/B.
 
 Weights: each module keeps its default initialisation (timing does not depend on weight values) and only the

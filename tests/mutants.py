@@ -27,6 +27,7 @@ ORACLE_TESTS = [
     "tests/test_sa3_autoencoder.py",
     "tests/test_sa3_encnoise.py",
     "tests/test_lora.py",
+    "tests/test_lora_controls.py",
 ]
 
 
@@ -88,6 +89,13 @@ MUTATIONS = [
         "adapters/plans.py",
         r"torch\.tensor\(info\.alpha / info\.rank, dtype=torch\.float32\)",
         "torch.tensor(1.0, dtype=torch.float32)",
+    ),
+    Mutation(
+        "lora-interval",
+        "a LoRA interval ignored (the adapter acts at every step)",
+        "adapters/schedule.py",
+        r"tuple\(lo <= sigma <= hi for lo, hi in self\.intervals\)",
+        "tuple(True for lo, hi in self.intervals)",
     ),
 ]
 

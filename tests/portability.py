@@ -25,6 +25,7 @@ ORACLE_TESTS = [
     "tests/test_sa3_autoencoder.py",
     "tests/test_sa3_encnoise.py",
     "tests/test_lora.py",
+    "tests/test_lora_controls.py",
     "tests/test_sa3.py",
     "tests/test_sa3_fp16.py",
 ]

@@ -50,7 +50,7 @@ def open1_tiny(tmp_path_factory):
 
 @pytest.fixture
 def bf16_cpu(monkeypatch):
-    """A CPU with AVX512-BF16 whose bfloat16 GEMM measures `speedup[0]` x float32's, and SA3 allowed bfloat16."""
+    """A CPU with AVX512-BF16 whose bfloat16 GEMM measures `speedup[0]` x float32's."""
     speedup = [2.5]
     calls: list[int] = []
 
@@ -60,7 +60,6 @@ def bf16_cpu(monkeypatch):
 
     monkeypatch.setattr(loading, "cpu_flags", lambda: frozenset({"avx2", "avx512f", "avx512_bf16"}))
     monkeypatch.setattr(loading, "bf16_gemm_speedup", measure)
-    monkeypatch.setattr(loading, "CPU_BFLOAT16_FAMILIES", frozenset({"sa3"}))
     return speedup, calls
 
 
@@ -118,8 +117,15 @@ def test_the_measurement_is_a_ratio():
     assert math.isfinite(ratio) and ratio > 0
 
 
-def test_settings_default_is_auto():
+def test_settings_default_is_auto(monkeypatch):
+    monkeypatch.delenv("STABLE_AUDIO_DTYPE")  # conftest pins float32 for the rest of the suite
     assert Settings().dtype == "auto"
+
+
+def test_families_say_whether_auto_may_use_bfloat16_on_the_cpu():
+    from stable_audio_service.models import registry
+
+    assert {f.name: f.cpu_bfloat16 for f in registry.FAMILIES} == {"sa3": True, "open-1.0": False}
 
 
 # -- through the loader and the service -------------------------------------------------------------------------
@@ -127,7 +133,7 @@ def test_settings_default_is_auto():
 
 def test_auto_loads_sa3_in_bfloat16_and_says_why(sa3_tiny, bf16_cpu, caplog):
     with caplog.at_level(logging.INFO, logger="stable_audio_service"):
-        model, info = load_model(Settings(model=str(sa3_tiny), device="cpu"))
+        model, info = load_model(Settings(model=str(sa3_tiny), device="cpu", dtype="auto"))
     assert model.dtype == "bfloat16"
     assert {p.dtype for p in model.dit.parameters()} == {torch.bfloat16}
     assert "bfloat16" in info.dtype_reason and "2.50x" in info.dtype_reason
@@ -136,14 +142,14 @@ def test_auto_loads_sa3_in_bfloat16_and_says_why(sa3_tiny, bf16_cpu, caplog):
 
 def test_auto_loads_sa3_in_float32_where_bfloat16_is_slower(sa3_tiny, bf16_cpu):
     bf16_cpu[0][0] = 1.0
-    model, info = load_model(Settings(model=str(sa3_tiny), device="cpu"))
+    model, info = load_model(Settings(model=str(sa3_tiny), device="cpu", dtype="auto"))
     assert model.dtype == "float32" and {p.dtype for p in model.dit.parameters()} == {torch.float32}
     assert "float32" in info.dtype_reason
 
 
 def test_open1_keeps_float32_on_a_bfloat16_cpu(open1_tiny, bf16_cpu):
     _speedup, calls = bf16_cpu
-    model, info = load_model(Settings(model=str(open1_tiny), device="cpu"))
+    model, info = load_model(Settings(model=str(open1_tiny), device="cpu", dtype="auto"))
     assert model.dtype == "float32" and not calls
 
 
@@ -166,7 +172,7 @@ def test_bfloat16_sa3_is_served_end_to_end(sa3_tiny):
 
 
 def test_models_reports_the_dtype_auto_chose(sa3_tiny, bf16_cpu):
-    client = serve(Settings(model=str(sa3_tiny), device="cpu", batch_wait_ms=0))
+    client = serve(Settings(model=str(sa3_tiny), device="cpu", dtype="auto", batch_wait_ms=0))
     try:
         assert client.get("/models").json()["dtype"] == "bfloat16"
     finally:

@@ -5,6 +5,8 @@ shapes. `generate()` without progress posts to `/predict` asking for the file it
 audio/<format>`, no base64); with `on_progress` (or through `stream()`) it goes through the jobs API
 so step events arrive while the clip is denoised. Both return the same `GenerationResult`.
 
+(Long: the sync and async clients are kept side by side so they stay the same API; each method is short.)
+
     from stable_audio_service.client import StableAudioClient
 
     with StableAudioClient("http://127.0.0.1:2009") as client:

@@ -194,8 +194,8 @@ def check_loras(req: RequestLike, model: AudioModel) -> tuple[LoraRef, ...]:
     if not model.capabilities.loras:
         why = model.capabilities.loras_unavailable
         raise RequestError("loras", f"adapters are not supported by {model.family} models{': ' if why else ''}{why}")
-    # Every AudioModel declares `adapters`; the Ray ingress's weightless model view does not (the replica checks).
-    adapters = getattr(model, "adapters", None)
+    # None on the Ray ingress's weightless model view: the replica holding the adapters checks them.
+    adapters = model.adapters
     if adapters is None:
         return loras
     for i, ref in enumerate(loras):

@@ -21,7 +21,7 @@ import os
 import threading
 import time
 import weakref
-from typing import Any
+from typing import Any, Protocol
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
@@ -276,7 +276,7 @@ class Metrics:
 
     def _queue_drain(self, _options):
         # engines drain side by side, so the service's figure is the longest; engines without an estimate say nothing
-        estimates = [d for e in list(_engines) if (d := getattr(e, "drain_s", lambda: None)()) is not None]
+        estimates = [d for e in list(_engines) if (d := e.drain_s()) is not None]
         if estimates:
             yield self._observation(max(estimates))
 
@@ -306,8 +306,16 @@ def device_memory() -> list[tuple[str, str, int]]:
     return out
 
 
-def watch_engine(engine) -> None:
-    """Let the queue-depth and running gauges see this engine (held weakly)."""
+class WatchedEngine(Protocol):
+    """What the queue gauges read from an engine (the local `Engine` and the Ray cluster's client both have it)."""
+
+    def queue_depth(self) -> int: ...
+    def running_count(self) -> int: ...
+    def drain_s(self) -> float | None: ...
+
+
+def watch_engine(engine: WatchedEngine) -> None:
+    """Let the queue-depth, drain and running gauges see this engine (held weakly)."""
     _engines.add(engine)
 
 
@@ -344,7 +352,7 @@ def _job_attributes(job, model: Any = None) -> dict[str, Any]:
         attrs["stable_audio.model"] = str(getattr(model, "name", model))
     if job.client_job_id:
         attrs["stable_audio.client_job_id"] = job.client_job_id
-    loras = getattr(p, "loras", ())
+    loras = p.loras
     if loras:  # "name:strength" in the order the adapters are applied
         attrs["stable_audio.loras"] = [f"{r.name}:{r.strength:g}" for r in loras]
     return attrs
@@ -399,7 +407,7 @@ def _record_metrics(job, outcome: str) -> None:
     m.requests.add(1, {"outcome": outcome})
     if job.finished is not None:
         m.latency.record(max(0.0, job.finished - job.created), {"outcome": outcome})
-    for name in dict.fromkeys(r.name for r in getattr(job.params, "loras", ())):
+    for name in dict.fromkeys(r.name for r in job.params.loras):
         m.lora_uses.add(1, {"adapter": name, "outcome": outcome})
     if job.result is not None:
         audio_s = job.result.duration

@@ -63,8 +63,8 @@ class LoraList(BaseModel):
 
 
 def _listing(model: Any, rescan: bool) -> LoraList:
-    enabled = bool(getattr(getattr(model, "capabilities", None), "loras", False))
-    adapters = getattr(model, "adapters", None)  # None on the Ray ingress's weightless model view
+    enabled = model.capabilities.loras
+    adapters = model.adapters  # None on the Ray ingress's weightless model view
     if adapters is None or not enabled:
         why = "this process does not hold the model (Ray ingress): the replicas check adapters" if enabled else None
         return LoraList(enabled=enabled, model=model.name, directory_error=why, loras=[])

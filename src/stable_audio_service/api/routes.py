@@ -1,7 +1,9 @@
 """Routes: thin. Each one turns HTTP into a call on the service layer or the backend and shapes the
 answer; what a request means (defaults, limits, capabilities, uploads) lives in `service.py`. The backend is
 whatever `EngineClient` the app was built with (an engine in this process, or Ray replicas): the routes use that
-protocol only."""
+protocol only.
+
+(Long: every route of the public API is here so its whole surface reads in one file; each handler is a few lines.)"""
 
 from __future__ import annotations
 

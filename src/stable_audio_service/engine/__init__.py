@@ -1,5 +1,7 @@
 """The one owner of the model: `Engine`, its public face (submit, follow, cancel, read) and its lifecycle.
 
+(Long: the engine's whole public API is one class; the work itself lives in the modules listed below.)
+
 The HTTP layer, the CLI and a Ray replica only submit jobs and await their events (vLLM-style split); the
 engine does the rest with one part per concern:
 

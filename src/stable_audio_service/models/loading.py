@@ -44,10 +44,6 @@ BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
 # `auto` serves bfloat16 on the CPU only when its GEMM is at least this much faster than float32's: the matmuls are
 # most of a step, but norms, attention softmax and the rest gain less, and bfloat16 changes the numbers.
 AUTO_BF16_MIN_SPEEDUP = 1.3
-# Families `auto` may serve in bfloat16 on the CPU; the others keep float32 there, as before. Stable Audio 3 runs
-# end to end in bfloat16 (explicit STABLE_AUDIO_DTYPE=bfloat16), but is not listed yet: the suite's float32 oracle
-# checks through the service use the default dtype, so listing it goes with pinning them to float32.
-CPU_BFLOAT16_FAMILIES: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -259,7 +255,7 @@ def load_model(settings: Settings) -> tuple[AudioModel, LoadedInfo]:
     path = resolve_source(source)
     family = _family_of(path)
     device = pick_device(settings.device)
-    choice = choose_dtype(device, settings.dtype, cpu_bfloat16=family.name in CPU_BFLOAT16_FAMILIES)
+    choice = choose_dtype(device, settings.dtype, cpu_bfloat16=family.cpu_bfloat16)
     dtype = choice.dtype
     log.info("dtype: %s on %s (%s)", choice.name, device, choice.reason)
     name = source if source != str(DEFAULT_LOCAL_MODEL) else DEFAULT_HUB_MODEL

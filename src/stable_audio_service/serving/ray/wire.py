@@ -49,6 +49,8 @@ class ModelView:
     capabilities: Capabilities
     description: dict[str, Any]
     max_upload_samples: int
+    # The ingress holds no adapters: the replicas check each request's adapters against their own directory.
+    adapters: None = None
 
     def describe(self) -> dict[str, Any]:
         return dict(self.description)
