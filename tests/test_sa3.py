@@ -132,13 +132,20 @@ def test_short_sound_effects_and_long_clips(sa3_client):
         ({"num_inference_steps": 0}, "num_inference_steps", "1"),
         ({"guidance_scale": 21}, "guidance_scale", "20"),
         ({"apg_scale": 1.5}, "apg_scale", "1"),
+        # past the schema's static outer caps too (duration 400, steps 200): the model's own limit is named
+        ({"duration": 500}, "duration", "between 0.1 and 120 for model"),
+        ({"duration": 200}, "duration", "between 0.1 and 120 for model"),
+        ({"duration": -1}, "duration", "between 0.1 and 120 for model"),
+        ({"num_inference_steps": 5000}, "num_inference_steps", "between 1 and 200 for model"),
+        ({"apg_scale": -0.5}, "apg_scale", "between 0 and 1 for model"),
     ],
 )
 def test_sa3_limits_422(sa3_client, body, field, says):
     r = sa3_client.post("/predict", json={"prompt": "a", **body})
     assert r.status_code == 422, r.text
     err = [e for e in r.json()["detail"] if e["loc"][-1] == field]
-    assert err and says in err[0]["msg"]
+    assert err and says in err[0]["msg"], err
+    assert err[0]["loc"] == ["body", field]
 
 
 # -- audio-to-audio, inpainting, continuation ------------------------------------------------------
@@ -200,7 +207,7 @@ def test_continuation_extends_the_source(sa3_client):
         ({"inpaint_audio_b64": base64.b64encode(b"\x00" * 100).decode()}, "inpaint_audio_b64", "not a readable"),
         ({"init_audio_b64": "AAAA", "inpaint_audio_b64": "AAAA"}, "inpaint_audio_b64", "not both"),
         ({"init_noise_level": 0.5}, "init_noise_level", "needs init_audio_b64"),
-        ({"init_audio_b64": "AAAA", "init_noise_level": 0}, "init_noise_level", "greater than 0"),
+        ({"init_audio_b64": "AAAA", "init_noise_level": 0}, "init_noise_level", "between 0.01 and 1 for model"),
         ({"inpaint_regions": [{"start_s": 0, "end_s": 1}]}, "inpaint_regions", "needs inpaint_audio_b64"),
         ({"inpaint_audio_b64": "AAAA", "inpaint_regions": [{"start_s": 1, "end_s": 0.5}]}, "inpaint_regions", "after"),
         ({"inpaint_audio_b64": "AAAA", "inpaint_regions": [{"start_s": 5, "end_s": 6}]}, "start_s", "end of the"),

@@ -109,11 +109,41 @@ class Resolved:
     client_job_id: str | None
 
 
+def _bound_message(bound: Bound, model: AudioModel, kind: type = float) -> str:
+    return f"must be between {kind(bound.minimum):g} and {kind(bound.maximum):g} for model {model.name}"
+
+
 def _within(field: str, value: float, bound: Bound, model: AudioModel, kind: type = float) -> None:
     if not bound.minimum <= value <= bound.maximum:
-        raise RequestError(
-            field, f"must be between {kind(bound.minimum):g} and {kind(bound.maximum):g} for model {model.name}"
-        )
+        raise RequestError(field, _bound_message(bound, model, kind))
+
+
+# pydantic's error types for a numeric bound (the schema's static outer limits)
+_BOUND_TYPES = frozenset({"greater_than", "greater_than_equal", "less_than", "less_than_equal"})
+
+
+def model_bound_errors(details: list[dict[str, Any]], model: AudioModel | None) -> list[dict[str, Any]]:
+    """A body field past the schema's static outer limit (e.g. duration 500 > 400) is refused before the loaded
+    model's own check runs: its message is reworded to name the model's limit, as that check would (the static
+    limit stays as a hard cap; `loc` is unchanged)."""
+    if model is None:
+        return details
+    limits, caps = model.limits, model.capabilities
+    bounds: dict[str, tuple[Bound | None, type]] = {
+        "duration": (limits.duration, float),
+        "guidance_scale": (limits.guidance_scale, float),
+        "num_inference_steps": (limits.num_inference_steps, int),
+        "apg_scale": (caps.apg_scale, float),
+        "init_noise_level": (caps.init_noise_level, float),
+    }
+    out = []
+    for d in details:
+        loc = d.get("loc") or []
+        bound, kind = bounds.get(loc[-1], (None, float)) if len(loc) == 2 and loc[0] == "body" else (None, float)
+        if bound is not None and d.get("type") in _BOUND_TYPES:
+            d = {"loc": list(loc), "msg": _bound_message(bound, model, kind), "type": "value_error"}
+        out.append(d)
+    return out
 
 
 def client_job_id(body_value: str | None, query_value: str | None) -> str | None:

@@ -24,7 +24,7 @@ from ..engine import Engine
 from ..engine.client import EngineClient, ServedModel, Unavailable
 from ..engine.local import LocalEngineClient
 from ..models.loading import ModelLoadError, load_model
-from ..service import RequestError
+from ..service import RequestError, model_bound_errors
 from ..web import router as web_router
 from . import deadlines
 from .loras import router as loras_router
@@ -204,7 +204,8 @@ def create_app(
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return JSONResponse({"detail": validation_details(exc.errors())}, status_code=422)
+        details = model_bound_errors(validation_details(exc.errors()), state.model)
+        return JSONResponse({"detail": details}, status_code=422)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
