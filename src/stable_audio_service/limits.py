@@ -16,3 +16,7 @@ MAX_LORA_STRENGTH = 10.0
 # name's length are plenty; bracket ranges are bounded separately when expanded (adapters.MAX_FILTER_EXPANSION).
 MAX_LORA_LAYER_FILTERS = 32
 MAX_LORA_FILTER_CHARS = 200
+# Loudness targets (LUFS, ITU-R BS.1770): below -70 LUFS BS.1770's absolute gate measures nothing; 0 LUFS is full
+# scale. Targets above about -8 LUFS are reached only by dense audio: the true-peak ceiling caps the gain first.
+MIN_LOUDNESS_LUFS = -70.0
+MAX_LOUDNESS_LUFS = 0.0
