@@ -102,6 +102,14 @@ def _wrote(output: Path, duration: float, sample_rate: int, channels: int, fmt: 
     typer.echo(f"wrote {output} ({duration:.2f}s, {sample_rate} Hz, {channels} ch, {fmt}, seed {seed})")
 
 
+def take_path(output: Path, index: int, seed: int, takes: int) -> Path:
+    """Where take `index` (seed `seed`) of `takes` goes: `-o` itself for one take, else `-o` with an index and seed
+    suffix (`rain.wav` -> `rain-0-seed7.wav`, `rain-1-seed8.wav`, ...), so takes never overwrite each other."""
+    if takes == 1:
+        return output
+    return output.with_name(f"{output.stem}-{index}-seed{seed}{output.suffix}")
+
+
 @app.command()
 def generate(
     prompt: str = typer.Argument(..., help="What to generate."),
@@ -135,6 +143,18 @@ def generate(
         help="With --server: seconds to wait for the result at most; the service refuses at once what it "
         "estimates it cannot finish by then.",
     ),
+    num_outputs: int | None = typer.Option(
+        None,
+        "-n",
+        "--num-outputs",
+        help="Takes from seeds seed, seed+1, ... in one batch (1-8); each goes to -o with an -INDEX-seedSEED suffix.",
+    ),
+    window: float | None = typer.Option(
+        None, "--window", help="Long-form: seconds per continuation window [the model's longest clip]."
+    ),
+    overlap: float | None = typer.Option(
+        None, "--overlap", help="Long-form: seconds each window continues and crossfades [min(10, window/4)]."
+    ),
 ) -> None:
     """Generate one clip to a file, with a progress bar: here, or on a running service with --server."""
     from pydantic import ValidationError
@@ -154,6 +174,9 @@ def generate(
             format=fmt,
             loras=_lora_specs(lora or []) or None,
             max_wait_s=max_wait,
+            num_outputs=num_outputs,
+            window_s=window,
+            overlap_s=overlap,
         )
     except ValidationError as exc:
         _fail("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()))
@@ -219,8 +242,9 @@ def _generate_remote(body: StableAudioRequest, output: Path, server: str, token:
     elif error is not None:
         _fail(f"cannot reach {server}: {error}")
     output.parent.mkdir(parents=True, exist_ok=True)
-    result.save(output)
-    _wrote(output, result.duration, result.sample_rate, result.channels, result.format, result.seed)
+    for i, take in enumerate(result.outputs):
+        path = take.save(take_path(output, i, take.seed, len(result.outputs)))
+        _wrote(path, take.duration, take.sample_rate, take.channels, take.format, take.seed)
 
 
 def _worth_saying(said: tuple[int | None, float | None] | None, position: int | None, eta_s: float | None) -> bool:
@@ -256,8 +280,8 @@ def _generate_local(
         _fail(str(exc))
     from .service import RequestError, resolve
 
-    try:  # the same request path as HTTP: the loaded model's defaults, limits and capabilities
-        resolved = resolve(body, loaded, settings)
+    try:  # the same request path as HTTP (as POST /jobs: long-form too): the model's defaults, limits, capabilities
+        resolved = resolve(body, loaded, settings, longform=True)
     except RequestError as exc:
         _fail(f"{'.'.join(map(str, exc.loc))}: {exc.message}")
     client = LocalEngineClient(Engine(loaded, batch_wait_ms=0))
@@ -276,9 +300,12 @@ def _generate_local(
         if info.result is None or audio.data is None:
             _fail(info.error or info.status.value)
         output.parent.mkdir(parents=True, exist_ok=True)
-        output.write_bytes(audio.data)
         res = info.result
-        _wrote(output, res.duration, res.sample_rate, res.channels, resolved.format, info.seed)
+        for i in range(res.takes):
+            seed = (info.seed or 0) + i
+            path = take_path(output, i, seed, res.takes)
+            path.write_bytes(audio.take(i) or b"")
+            _wrote(path, res.duration, res.sample_rate, res.channels, resolved.format, seed)
 
     try:
         asyncio.run(run())

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import email.utils
 import inspect
 import os
@@ -165,6 +166,12 @@ class GenerationResult:
     num_samples: int
     job_id: str | None = None
     timings: dict[str, float | None] | None = None
+    others: tuple[GenerationResult, ...] = ()  # with num_outputs > 1: the takes after this one, in seed order
+
+    @property
+    def outputs(self) -> tuple[GenerationResult, ...]:
+        """Every take (`num_outputs`), this one first; seeds seed, seed + 1, ..."""
+        return (self, *self.others)
 
     def to_numpy(self) -> np.ndarray:
         """The audio decoded as float32, shaped (channels, samples)."""
@@ -347,6 +354,27 @@ def _terminal_error(event: JobEvent) -> StableAudioError:
     return JobFailed(int(event.data.get("status") or 500), event.data.get("error") or "generation failed")
 
 
+def _takes(params: Mapping[str, Any]) -> int:
+    return int(params.get("num_outputs") or 1)
+
+
+def _with_takes(takes: list[GenerationResult]) -> GenerationResult:
+    """The first take, carrying the others."""
+    return dataclasses.replace(takes[0], others=tuple(takes[1:]))
+
+
+def _needs_job(params: Mapping[str, Any], models: Callable[[], Mapping[str, Any]]) -> bool:
+    """Whether `generate` must go through `/jobs`: several takes (one audio answer holds one), or long-form audio
+    (a duration above the model's longest clip, or a window), which `/predict` does not make."""
+    if _takes(params) > 1 or params.get("window_s") is not None or params.get("overlap_s") is not None:
+        return True
+    duration = params.get("duration")
+    if duration is None:
+        return False
+    longest = models().get("max_duration")
+    return longest is not None and float(duration) > float(longest)
+
+
 def _accept(params: Mapping[str, Any]) -> dict[str, str]:
     """Ask `/predict` for the file itself; an unknown format is left to the service to refuse (422)."""
     return {"Accept": MEDIA_TYPES.get(params.get("format") or "wav", "audio/wav")}
@@ -400,6 +428,7 @@ class StableAudioClient:
         self._policy = _Policy(retries, max_retry_wait)
         self._http = httpx.Client(base_url=base_url, headers=_headers(token), timeout=timeout, **httpx_options)
         self._sleep: Callable[[float], None] = time.sleep  # tests replace it to observe the waits
+        self._model_info: Mapping[str, Any] | None = None  # GET /models, once: is a duration long-form?
 
     def __enter__(self) -> StableAudioClient:
         return self
@@ -450,9 +479,13 @@ class StableAudioClient:
         """`DELETE /jobs/{id}`: cancel a queued or running job."""
         return self._request("DELETE", f"/jobs/{job_id}").json()
 
-    def fetch_audio(self, job_id: str, timings: dict | None = None) -> GenerationResult:
-        """`GET /jobs/{id}/audio`: a finished job's file and facts."""
-        return _result_from_audio(self._request("GET", f"/jobs/{job_id}/audio"), job_id, timings)
+    def fetch_audio(self, job_id: str, timings: dict | None = None, index: int = 0) -> GenerationResult:
+        """`GET /jobs/{id}/audio?index=i`: a finished job's file (take `index`) and facts."""
+        response = self._request("GET", f"/jobs/{job_id}/audio", params={"index": index})
+        return _result_from_audio(response, job_id, timings)
+
+    def _fetch_takes(self, job_id: str, timings: dict | None, takes: int) -> GenerationResult:
+        return _with_takes([self.fetch_audio(job_id, timings, i) for i in range(takes)])
 
     def events(self, job_id: str) -> Iterator[JobEvent]:
         """A job's events up to and including the final one (`done`, `failed`, `cancelled`). The stream
@@ -481,7 +514,7 @@ class StableAudioClient:
                 for event in events:
                     if event.type == "done":
                         finished = True
-                        result = self.fetch_audio(job_id, event.data.get("timings"))
+                        result = self._fetch_takes(job_id, event.data.get("timings"), _takes(params))
                         yield JobEvent("done", job_id, event.data, result)
                         return
                     if event.type in TERMINAL_EVENTS:
@@ -502,16 +535,24 @@ class StableAudioClient:
         """Generate one clip and return it. Keyword arguments are the request's fields (`duration`,
         `num_inference_steps`, `guidance_scale`, `seed`, `negative_prompt`, `format`, `client_job_id`,
         ...); `init_audio` / `inpaint_audio` take bytes or a path. With `on_progress`, every job event
-        (`queued`, `step`, `done`) is passed to it while the clip is made."""
-        if on_progress is None:
+        (`queued`, `step`, `done`) is passed to it while the clip is made. `num_outputs=N`: the result's `outputs`
+        are the N takes; a duration above the model's longest clip (or `window_s`) is long-form audio: both go
+        through `/jobs`."""
+        if on_progress is None and not _needs_job(params, self._models):
             response = self._request("POST", "/predict", json=build_body(prompt, params), headers=_accept(params))
             return _result_from_audio(response, None, None)
         with closing(self.stream(prompt, **params)) as events:
             for event in events:
-                on_progress(event)
+                if on_progress is not None:
+                    on_progress(event)
                 if event.result is not None:
                     return event.result
         raise StableAudioError(502, "the job's events ended without a result")  # stream() never lets this happen
+
+    def _models(self) -> Mapping[str, Any]:
+        if self._model_info is None:
+            self._model_info = self.models()
+        return self._model_info
 
 
 # -- async ---------------------------------------------------------------------------------------
@@ -531,6 +572,7 @@ class AsyncStableAudioClient:
         self._policy = _Policy(retries, max_retry_wait)
         self._http = httpx.AsyncClient(base_url=base_url, headers=_headers(token), timeout=timeout, **httpx_options)
         self._sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+        self._model_info: Mapping[str, Any] | None = None  # GET /models, once: is a duration long-form?
 
     async def __aenter__(self) -> AsyncStableAudioClient:
         return self
@@ -571,8 +613,12 @@ class AsyncStableAudioClient:
     async def cancel(self, job_id: str) -> dict[str, Any]:
         return (await self._request("DELETE", f"/jobs/{job_id}")).json()
 
-    async def fetch_audio(self, job_id: str, timings: dict | None = None) -> GenerationResult:
-        return _result_from_audio(await self._request("GET", f"/jobs/{job_id}/audio"), job_id, timings)
+    async def fetch_audio(self, job_id: str, timings: dict | None = None, index: int = 0) -> GenerationResult:
+        response = await self._request("GET", f"/jobs/{job_id}/audio", params={"index": index})
+        return _result_from_audio(response, job_id, timings)
+
+    async def _fetch_takes(self, job_id: str, timings: dict | None, takes: int) -> GenerationResult:
+        return _with_takes([await self.fetch_audio(job_id, timings, i) for i in range(takes)])
 
     async def events(self, job_id: str) -> AsyncIterator[JobEvent]:
         for _ in range(MAX_EVENT_RECONNECTS + 1):
@@ -597,7 +643,7 @@ class AsyncStableAudioClient:
                 async for event in events:
                     if event.type == "done":
                         finished = True
-                        result = await self.fetch_audio(job_id, event.data.get("timings"))
+                        result = await self._fetch_takes(job_id, event.data.get("timings"), _takes(params))
                         yield JobEvent("done", job_id, event.data, result)
                         return
                     if event.type in TERMINAL_EVENTS:
@@ -614,13 +660,15 @@ class AsyncStableAudioClient:
     async def generate(
         self, prompt: str, *, on_progress: ProgressCallback | None = None, **params: Any
     ) -> GenerationResult:
-        if on_progress is None:
+        if self._model_info is None and params.get("duration") is not None:
+            self._model_info = await self.models()
+        if on_progress is None and not _needs_job(params, lambda: self._model_info or {}):
             body = build_body(prompt, params)
             response = await self._request("POST", "/predict", json=body, headers=_accept(params))
             return _result_from_audio(response, None, None)
         async with aclosing(self.stream(prompt, **params)) as events:
             async for event in events:
-                outcome = on_progress(event)
+                outcome = on_progress(event) if on_progress is not None else None
                 if inspect.isawaitable(outcome):
                     await outcome
                 if event.result is not None:

@@ -73,6 +73,13 @@ class Settings(BaseSettings):
         description="Cap on request duration in seconds for models that allow long clips (sa3: up to 120 s small, "
         "380 s medium). Unset: the model's own maximum. open-1.0 keeps its 30 s contract.",
     )
+    max_longform_s: float = Field(
+        600.0,
+        gt=0,
+        le=3600.0,
+        description="Longest long-form clip in seconds: POST /jobs with a duration above the model's longest clip (or "
+        "above `window_s`) is made as a chain of continuation windows, on models that can inpaint.",
+    )
     max_upload_bytes: int = Field(
         8_000_000, ge=1024, description="Largest decoded audio upload (init_audio_b64 / inpaint_audio_b64) in bytes."
     )

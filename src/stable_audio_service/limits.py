@@ -20,3 +20,11 @@ MAX_LORA_FILTER_CHARS = 200
 # scale. Targets above about -8 LUFS are reached only by dense audio: the true-peak ceiling caps the gain first.
 MIN_LOUDNESS_LUFS = -70.0
 MAX_LOUDNESS_LUFS = 0.0
+# Takes of one request (`num_outputs`): each is a row of the same batch, so a request costs at most this many rows.
+MAX_OUTPUTS = 8
+# Long-form audio (a chain of continuation windows, engine/longform.py): the outer bound of any server's
+# STABLE_AUDIO_MAX_LONGFORM_S, and the most windows one request may chain (its work is windows x steps).
+MAX_LONGFORM_ANY_S = 3600.0
+MAX_LONGFORM_WINDOWS = 256
+# The overlap a long-form request continues from when it names none: this, or a quarter of the window if shorter.
+DEFAULT_OVERLAP_S = 10.0

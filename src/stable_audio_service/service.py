@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
@@ -15,10 +16,13 @@ from typing import TYPE_CHECKING, Any, Protocol
 from . import audio as audio_io
 from .adapters.files import MAX_FILTER_EXPANSION, LayerFilterError, check_layer_filter
 from .limits import (
+    DEFAULT_OVERLAP_S,
+    MAX_LONGFORM_WINDOWS,
     MAX_LORA_FILTER_CHARS,
     MAX_LORA_LAYER_FILTERS,
     MAX_LORA_STRENGTH,
     MAX_LORAS_PER_REQUEST,
+    MAX_OUTPUTS,
     MAX_SEED,
 )
 from .models.base import AudioModel, Bound, GenerationParams, LoraRef
@@ -84,6 +88,12 @@ class RequestLike(Protocol):
     def format(self) -> str: ...
     @property
     def client_job_id(self) -> str | None: ...
+    @property
+    def num_outputs(self) -> int | None: ...
+    @property
+    def window_s(self) -> float | None: ...
+    @property
+    def overlap_s(self) -> float | None: ...
 
 
 class RequestError(ValueError):
@@ -153,8 +163,10 @@ def client_job_id(body_value: str | None, query_value: str | None) -> str | None
     return query_value if query_value is not None else body_value
 
 
-def check_request(req: RequestLike, model: AudioModel, settings: Settings) -> dict[str, Any]:
-    """Cheap checks and defaults (no decoding): the scalar fields of `GenerationParams`."""
+def check_request(req: RequestLike, model: AudioModel, settings: Settings, longform: bool = False) -> dict[str, Any]:
+    """Cheap checks and defaults (no decoding): the scalar fields of `GenerationParams`. `longform`: the ingress
+    takes long-form audio (POST /jobs, the CLI); elsewhere a duration above the model's longest clip is refused
+    with a pointer to it."""
     for name in ("prompt", "negative_prompt"):
         text = getattr(req, name)
         if text is not None and len(text) > settings.max_prompt_chars:
@@ -163,7 +175,9 @@ def check_request(req: RequestLike, model: AudioModel, settings: Settings) -> di
     duration = float(limits.duration.default if req.duration is None else req.duration)
     guidance = float(limits.guidance_scale.default if req.guidance_scale is None else req.guidance_scale)
     steps = int(limits.num_inference_steps.default if req.num_inference_steps is None else req.num_inference_steps)
-    _within("duration", duration, limits.duration, model)
+    chain = check_longform(req, model, settings, duration, longform)
+    if chain is None:
+        _within("duration", duration, limits.duration, model)
     _within("guidance_scale", guidance, limits.guidance_scale, model)
     _within("num_inference_steps", steps, limits.num_inference_steps, model, int)
 
@@ -200,6 +214,7 @@ def check_request(req: RequestLike, model: AudioModel, settings: Settings) -> di
             )
 
     loras = check_loras(req, model)
+    outputs = check_outputs(req, chain is not None)
     return {
         "prompt": req.prompt,
         "duration": duration,
@@ -210,7 +225,73 @@ def check_request(req: RequestLike, model: AudioModel, settings: Settings) -> di
         "init_noise_level": level,
         "apg_scale": apg,
         "loras": loras,
+        "num_outputs": outputs,
+        "window_s": chain[0] if chain else None,
+        "overlap_s": chain[1] if chain else None,
     }
+
+
+def check_outputs(req: RequestLike, longform: bool) -> int:
+    """`num_outputs`: takes from seeds seed, seed + 1, ..., each a seed a solo request may name."""
+    n = 1 if req.num_outputs is None else int(req.num_outputs)
+    if not 1 <= n <= MAX_OUTPUTS:
+        raise RequestError("num_outputs", f"must be between 1 and {MAX_OUTPUTS}")
+    if n > 1 and longform:
+        raise RequestError("num_outputs", "long-form audio is made one take at a time; leave num_outputs at 1")
+    if req.seed is not None and req.seed + n - 1 > MAX_SEED:
+        raise RequestError(
+            "seed", f"the takes use seeds seed to seed + {n - 1}, which must be at most {MAX_SEED}; lower the seed"
+        )
+    return n
+
+
+def check_longform(
+    req: RequestLike, model: AudioModel, settings: Settings, duration: float, allowed: bool
+) -> tuple[float, float] | None:
+    """(window_s, overlap_s) when the request is long-form, else None (`window_s`/`overlap_s` are then refused).
+
+    Long-form: a duration above the window (`window_s`, default the model's longest clip), made as a chain of
+    continuations (engine/longform.py). It needs the model's declared continuation (inpainting), is at most the
+    server's STABLE_AUDIO_MAX_LONGFORM_S and `MAX_LONGFORM_WINDOWS` windows, and only one take without uploads."""
+    limits, caps = model.limits, model.capabilities
+    longest = float(limits.duration.maximum)
+    window = longest if req.window_s is None else float(req.window_s)
+    if duration <= window:
+        for name in ("window_s", "overlap_s"):
+            if getattr(req, name) is not None:
+                raise RequestError(name, f"only for long-form audio (a duration above window_s, {window:g} s)")
+        return None
+    bounds = f"must be between {limits.duration.minimum:g} and {longest:g} for model {model.name}"
+    if not caps.inpainting:
+        raise RequestError(
+            "duration",
+            f"{bounds}: longer (long-form) audio is made by continuation, which {model.family} models cannot do "
+            "(no inpainting)",
+        )
+    if not allowed and duration <= longest:
+        raise RequestError("window_s", "long-form audio (a duration above window_s) is made by POST /jobs")
+    if not allowed:
+        raise RequestError(
+            "duration", f"{bounds} here; long-form audio (up to {settings.max_longform_s:g} s) is made by POST /jobs"
+        )
+    if duration > settings.max_longform_s:
+        raise RequestError(
+            "duration",
+            f"long-form audio is at most {settings.max_longform_s:g} s on this server (STABLE_AUDIO_MAX_LONGFORM_S)",
+        )
+    _within("window_s", window, limits.duration, model)
+    overlap = min(DEFAULT_OVERLAP_S, window / 4) if req.overlap_s is None else float(req.overlap_s)
+    if not 0 < overlap <= window / 2:
+        raise RequestError("overlap_s", f"must be above 0 and at most half the window ({window / 2:g} s)")
+    count = 1 + math.ceil((duration - window) / (window - overlap) - 1e-9)
+    if count > MAX_LONGFORM_WINDOWS:
+        raise RequestError(
+            "window_s", f"{count} windows of {window:g} s; at most {MAX_LONGFORM_WINDOWS}: ask for longer windows"
+        )
+    for name in ("init_audio_b64", "inpaint_audio_b64"):
+        if getattr(req, name) is not None:
+            raise RequestError(name, "not with long-form audio (a duration above the window)")
+    return window, overlap
 
 
 def check_loras(req: RequestLike, model: AudioModel) -> tuple[LoraRef, ...]:
@@ -281,11 +362,16 @@ def decode_upload(field: str, value: str, model: AudioModel, duration: float, se
 
 
 def resolve(
-    req: RequestLike, model: AudioModel, settings: Settings, query_client_job_id: str | None = None
+    req: RequestLike,
+    model: AudioModel,
+    settings: Settings,
+    query_client_job_id: str | None = None,
+    longform: bool = False,
 ) -> Resolved:
-    """The whole request path: defaults, limits, capabilities, uploads. Raises `RequestError`."""
+    """The whole request path: defaults, limits, capabilities, uploads. Raises `RequestError`. `longform`: the
+    ingress takes long-form audio (see `check_longform`)."""
     job_id = client_job_id(req.client_job_id, query_client_job_id)
-    fields = check_request(req, model, settings)
+    fields = check_request(req, model, settings, longform)
     if req.init_audio_b64 is not None:
         fields["init_audio"] = decode_upload("init_audio_b64", req.init_audio_b64, model, fields["duration"], settings)
     elif req.inpaint_audio_b64 is not None:
@@ -312,8 +398,21 @@ def request_fields(model: AudioModel, settings: Settings) -> dict[str, Any]:
         "init_noise_level": caps.init_noise_level.as_dict(float) if caps.init_noise_level else None,
         "loras": _lora_fields() if caps.loras else None,
         "seed": {"default": None, "minimum": 0, "maximum": MAX_SEED},
+        "num_outputs": {"default": 1, "minimum": 1, "maximum": MAX_OUTPUTS},
+        "longform": _longform_fields(model, settings) if caps.inpainting else None,
         "format": {"default": "wav", "choices": list(audio_io.FORMATS)},
         "prompt": {"max_length": settings.max_prompt_chars},
+    }
+
+
+def _longform_fields(model: AudioModel, settings: Settings) -> dict[str, Any]:
+    """Long-form audio's bounds (POST /jobs only): the total duration, and the window and overlap it chains."""
+    longest = float(model.limits.duration.maximum)
+    return {
+        "max_duration": settings.max_longform_s,
+        "window_s": {"default": longest, "minimum": float(model.limits.duration.minimum), "maximum": longest},
+        "overlap_s": {"default": f"min({DEFAULT_OVERLAP_S:g}, window_s / 4)", "maximum": "window_s / 2"},
+        "max_windows": MAX_LONGFORM_WINDOWS,
     }
 
 
@@ -350,6 +449,9 @@ def capabilities(model: AudioModel, settings: Settings) -> dict[str, Any]:
         "loras_unavailable": caps.loras_unavailable or None,  # why not, when a setting would change it
         "negative_prompt": True,
         "max_duration": model.limits.duration.maximum,
+        "longform": caps.inpainting,  # POST /jobs durations above max_duration, up to max_longform_s
+        "max_longform_s": settings.max_longform_s if caps.inpainting else None,
+        "num_outputs": MAX_OUTPUTS,
         "notes": list(caps.notes),
         "uploads": {
             "max_bytes": settings.max_upload_bytes,

@@ -34,6 +34,8 @@ from .schemas import (
     ResponseMetadata,
     StableAudioRequest,
     StableAudioResponse,
+    Take,
+    TakeInfo,
     Timings,
 )
 
@@ -102,17 +104,17 @@ ClientJobId = Annotated[
 
 # -- helpers ------------------------------------------------------------------------------------
 def _resolve(
-    request: Request, client: EngineClient, body: StableAudioRequest, query_id: str | None
+    request: Request, client: EngineClient, body: StableAudioRequest, query_id: str | None, longform: bool = False
 ) -> service.Resolved:
-    return service.resolve(body, client.model, get_state(request).settings, query_id)
+    return service.resolve(body, client.model, get_state(request).settings, query_id, longform=longform)
 
 
 async def _resolve_async(
-    request: Request, client: EngineClient, body: StableAudioRequest, query_id: str | None
+    request: Request, client: EngineClient, body: StableAudioRequest, query_id: str | None, longform: bool = False
 ) -> service.Resolved:
     if service.has_uploads(body):  # decoding and resampling take a while: off the event loop
-        return await run_in_threadpool(_resolve, request, client, body, query_id)
-    return _resolve(request, client, body, query_id)
+        return await run_in_threadpool(_resolve, request, client, body, query_id, longform)
+    return _resolve(request, client, body, query_id, longform)
 
 
 def _max_wait(request: Request, body: StableAudioRequest) -> float | None:
@@ -183,6 +185,10 @@ def _meta(info: JobInfo) -> ResponseMetadata:
 def _result(audio: JobAudio) -> StableAudioResponse:
     info, res = audio.info, audio.info.result
     assert res is not None and audio.data is not None
+    outputs = None
+    if audio.more:
+        takes = (audio.data, *audio.more)
+        outputs = [Take(audio_b64=base64.b64encode(d).decode("ascii"), seed=info.seed + i) for i, d in enumerate(takes)]
     return StableAudioResponse(
         audio_b64=base64.b64encode(audio.data).decode("ascii"),
         sample_rate=res.sample_rate,
@@ -193,6 +199,7 @@ def _result(audio: JobAudio) -> StableAudioResponse:
         seed=info.seed,
         format=res.format,
         timings=Timings(**info.timings),
+        outputs=outputs,
     )
 
 
@@ -233,6 +240,12 @@ def job_view(info: JobInfo) -> JobView:
             format=res.format,
             bytes=res.bytes,
             timings=timings,
+            outputs=None
+            if res.takes == 1
+            else [
+                TakeInfo(audio_url=f"/jobs/{info.id}/audio?index={i}", seed=(info.seed or 0) + i)
+                for i in range(res.takes)
+            ],
         ),
     )
 
@@ -250,19 +263,23 @@ def wanted_audio_format(request: Request) -> str | None:
     return None
 
 
-def audio_response(audio: JobAudio) -> Response:
-    """The file itself, with the metadata in headers (`X-Seed`, `X-Sample-Rate`, ...)."""
+def audio_response(audio: JobAudio, index: int = 0) -> Response:
+    """Take `index`'s file itself, with the metadata in headers (`X-Seed`, `X-Sample-Rate`, ...)."""
     info, res = audio.info, audio.info.result
-    assert res is not None and audio.data is not None
+    data = audio.take(index)
+    assert res is not None and data is not None and info.seed is not None
+    suffix = f"-{index}" if res.takes > 1 else ""
     headers = {
-        "X-Seed": str(info.seed),
+        "X-Seed": str(info.seed + index),
         "X-Sample-Rate": str(res.sample_rate),
         "X-Channels": str(res.channels),
         "X-Num-Samples": str(res.num_samples),
         "X-Duration": f"{res.duration:.6f}",
         "X-Format": res.format,
-        "Content-Disposition": f'attachment; filename="{info.id}.{res.format}"',
+        "Content-Disposition": f'attachment; filename="{info.id}{suffix}.{res.format}"',
     }
+    if res.takes > 1:
+        headers["X-Take"] = f"{index}/{res.takes}"
     for header, value in (
         ("X-Client-Job-Id", info.client_job_id),
         ("X-Trace-Id", info.trace_id),
@@ -270,7 +287,7 @@ def audio_response(audio: JobAudio) -> Response:
     ):
         if value:
             headers[header] = value
-    return Response(audio.data, media_type=MEDIA_TYPES[res.format], headers=headers)
+    return Response(data, media_type=MEDIA_TYPES[res.format], headers=headers)
 
 
 async def json_response(model: Any, size_hint: int) -> Response:
@@ -386,6 +403,12 @@ async def predict(
                 {"loc": ["body", "format"], "msg": f"differs from the Accept header ({want})", "type": "value_error"}
             ],
         )
+    if want is not None and (body.num_outputs or 1) > 1:
+        raise HTTPException(
+            406,
+            detail=f"num_outputs={body.num_outputs} makes {body.num_outputs} files, and an Accept: audio/* answer "
+            "holds one: ask for JSON (each take in `outputs`), or use POST /jobs and GET /jobs/{id}/audio?index=i",
+        )
     if want is not None:
         body.format = want
     resolved = await _resolve_async(request, client, body, client_job_id)
@@ -425,7 +448,7 @@ async def _wait_for_end(request: Request, job: JobHandle) -> JobInfo:
 async def create_job(
     body: StableAudioRequest, request: Request, client: ClientDep, client_job_id: ClientJobId = None
 ) -> Any:
-    resolved = await _resolve_async(request, client, body, client_job_id)
+    resolved = await _resolve_async(request, client, body, client_job_id, longform=True)
     info = (await _submit(client, resolved, max_wait_s=_max_wait(request, body))).info
     return JobAccepted(id=info.id, status=info.status.value, position=info.position, eta_s=info.eta_s, meta=_meta(info))
 
@@ -448,12 +471,17 @@ async def get_job(job_id: str, client: ReadingClientDep) -> Any:
     tags=["jobs"],
     response_class=Response,
     responses={
-        200: {"content": AUDIO_CONTENT, "description": "the finished job's audio file"},
+        200: {"content": AUDIO_CONTENT, "description": "the finished job's audio file (take `index`)"},
         404: {"description": "no such job"},
         409: {"description": "not finished, cancelled or failed"},
+        422: {"description": "`index` is not one of the job's takes"},
     },
 )
-async def get_job_audio(job_id: str, client: ReadingClientDep) -> Response:
+async def get_job_audio(
+    job_id: str,
+    client: ReadingClientDep,
+    index: Annotated[int, Query(ge=0, description="Which take (num_outputs > 1): 0 .. num_outputs - 1.")] = 0,
+) -> Response:
     audio = await client.audio(job_id)
     if audio is None:
         raise _no_such_job(job_id)
@@ -463,7 +491,11 @@ async def get_job_audio(job_id: str, client: ReadingClientDep) -> Response:
     _raise_for(info)
     if audio.data is None:
         raise HTTPException(404, detail="the result was evicted (STABLE_AUDIO_MAX_RESULT_BYTES / retention)")
-    return audio_response(audio)
+    takes = 1 + len(audio.more)
+    if index >= takes:
+        msg = f"the job has {takes} take(s): index 0 to {takes - 1}"
+        raise HTTPException(422, detail=[{"loc": ["query", "index"], "msg": msg, "type": "value_error"}])
+    return audio_response(audio, index)
 
 
 @router.delete(

@@ -8,10 +8,12 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ..limits import (
+    MAX_LONGFORM_ANY_S,
     MAX_LORA_FILTER_CHARS,
     MAX_LORA_LAYER_FILTERS,
     MAX_LORA_STRENGTH,
     MAX_LORAS_PER_REQUEST,
+    MAX_OUTPUTS,
     MAX_SEED,
 )
 
@@ -100,10 +102,12 @@ class StableAudioRequest(BaseModel):
     duration: float | None = Field(
         None,
         gt=0.0,
-        le=MAX_DURATION_ANY_MODEL,
+        le=MAX_LONGFORM_ANY_S,
         description="Seconds of audio. Omitted: the model's default. Bounds are the loaded model's (GET /models): "
         "stable-audio-open-1.0 10 s, 1-30; Stable Audio 3 from a fraction of a second up to the checkpoint's longest "
-        "clip or the operator's STABLE_AUDIO_MAX_DURATION.",
+        "clip or the operator's STABLE_AUDIO_MAX_DURATION. On POST /jobs, a model that can continue (inpainting) "
+        "also takes long-form durations above that, up to STABLE_AUDIO_MAX_LONGFORM_S (GET /models "
+        "`capabilities.max_longform_s`), made as a chain of continuation windows.",
     )
     guidance_scale: float | None = Field(
         None,
@@ -133,6 +137,28 @@ class StableAudioRequest(BaseModel):
         f"made (as Stability's stacking does); at most {MAX_LORAS_PER_REQUEST}. GET /loras lists them.",
     )
     seed: int | None = Field(None, ge=0, le=MAX_SEED, description="Same seed and parameters give the same audio.")
+    num_outputs: int | None = Field(
+        None,
+        ge=1,
+        le=MAX_OUTPUTS,
+        description="Takes (variations) in one request, from seeds seed, seed + 1, ..., generated as one batch; each "
+        "equals the request with that seed alone. Default 1. JSON answers list them in `outputs`; "
+        "GET /jobs/{id}/audio?index=i serves take i; `Accept: audio/*` with more than one is a 406.",
+    )
+    window_s: float | None = Field(
+        None,
+        gt=0.0,
+        le=MAX_DURATION_ANY_MODEL,
+        description="Long-form audio (POST /jobs): the length of each continuation window. Default: the model's "
+        "longest clip; a duration above it makes the request long-form.",
+    )
+    overlap_s: float | None = Field(
+        None,
+        gt=0.0,
+        le=MAX_DURATION_ANY_MODEL,
+        description="Long-form audio: seconds each window continues from the previous one, joined there by an "
+        "equal-power crossfade. Default: 10 s, or a quarter of the window if shorter; at most half the window.",
+    )
     negative_prompt: str | None = Field(None, max_length=MAX_PROMPT_CHARS, description="What to steer away from.")
     format: AudioFormat = Field("wav", description="wav (16-bit PCM), flac (16-bit), ogg (Vorbis) or mp3.")
     client_job_id: str | None = Field(None, pattern=CLIENT_JOB_ID_PATTERN, description="Echoed in meta.")
@@ -198,8 +224,18 @@ class Timings(BaseModel):
     total_s: float | None = None
 
 
+class Take(BaseModel):
+    audio_b64: str = Field(..., description="Base64 of this take's encoded audio file.")
+    seed: int
+
+
+class TakeInfo(BaseModel):
+    audio_url: str
+    seed: int
+
+
 class StableAudioResponse(BaseModel):
-    audio_b64: str = Field(..., description="Base64 of the encoded audio file.")
+    audio_b64: str = Field(..., description="Base64 of the encoded audio file (the first take).")
     sample_rate: int
     duration: float = Field(..., description="Actual seconds of audio returned.")
     meta: ResponseMetadata
@@ -208,6 +244,9 @@ class StableAudioResponse(BaseModel):
     seed: int
     format: AudioFormat
     timings: Timings | None = None
+    outputs: list[Take] | None = Field(
+        None, description="With num_outputs > 1: every take, in seed order (the first is the one above)."
+    )
 
 
 class HealthResponse(BaseModel):
@@ -241,8 +280,9 @@ class JobResultInfo(BaseModel):
     num_samples: int
     seed: int
     format: AudioFormat
-    bytes: int
+    bytes: int = Field(..., description="Every take's bytes.")
     timings: Timings | None = None
+    outputs: list[TakeInfo] | None = Field(None, description="With num_outputs > 1: each take's URL and seed.")
 
 
 class JobView(BaseModel):

@@ -61,6 +61,7 @@ from .jobs import (
     QueueFull,
     Refused,
     WouldMissDeadline,
+    rows_of,
 )
 from .outcomes import SHUTTING_DOWN, Outcomes
 from .scheduler import Scheduler
@@ -356,8 +357,8 @@ class Engine:
             position = self.scheduler.admit(  # QueueFull at capacity, WouldMissDeadline past the deadline
                 job, now, price_key=price_key, running=self._worker.snapshot(), mixed_steps=self.model.mixed_steps
             )
-            if params.seed is None:
-                params.seed = secrets.randbelow(2**32)
+            if params.seed is None:  # every take's seed (seed + i) a seed a solo request may name
+                params.seed = secrets.randbelow(2**32 - rows_of(params) + 1)
             self.store.add(job)
             self._worker.stamp()
             self._cond.notify_all()

@@ -38,7 +38,8 @@ class ResultInfo:
     sample_rate: int
     channels: int
     num_samples: int
-    bytes: int
+    bytes: int  # every take's
+    takes: int = 1  # `num_outputs`: files from seeds seed, seed + 1, ... (`JobAudio.take(i)`)
 
     @property
     def duration(self) -> float:
@@ -102,7 +103,14 @@ class JobInfo:
             loras=tuple(job.params.loras),
             result=None
             if res is None or job.status != JobStatus.done
-            else ResultInfo(res.format, res.sample_rate, res.channels, res.num_samples, len(res.data)),
+            else ResultInfo(
+                res.format,
+                res.sample_rate,
+                res.channels,
+                res.num_samples,
+                res.bytes,
+                takes=len(res.takes),
+            ),
         )
 
 
@@ -139,10 +147,18 @@ def snapshot_event(info: JobInfo) -> JobEvent:
 
 @dataclass(frozen=True)
 class JobAudio:
-    """A job's view and, once it is done (and its result still kept), its encoded audio file."""
+    """A job's view and, once it is done (and its result still kept), its encoded audio file: `data` the first
+    take's, `more` the other takes' (seed order)."""
 
     info: JobInfo
     data: bytes | None = field(default=None, repr=False)
+    more: tuple[bytes, ...] = field(default=(), repr=False)
+
+    def take(self, index: int) -> bytes | None:
+        """Take `index`'s file (seed `seed + index`); None when there is no such take or no audio."""
+        if self.data is None or not 0 <= index <= len(self.more):
+            return None
+        return self.data if index == 0 else self.more[index - 1]
 
 
 @dataclass(frozen=True)

@@ -44,8 +44,9 @@ class ClipEncoder:
         self.jobs.append(job)
 
     def encode(self, job: Job, samples: Any, sample_rate: int, t_decoded_ns: int) -> bool:
-        """Hand a claimed job's decoded clip over (worker thread; waits while the encoder is `max_waiting` clips
-        behind). False when the encoder was shut down: the job was released and the caller must end it."""
+        """Hand a claimed job's decoded clip (or its takes' clips, a list in seed order) over (worker thread;
+        waits while the encoder is `max_waiting` jobs behind). False when the encoder was shut down: the job was
+        released and the caller must end it."""
         self._slots.acquire()
         try:
             self._pool.submit(self._encode, job, samples, sample_rate, t_decoded_ns)
@@ -62,10 +63,12 @@ class ClipEncoder:
     def _encode(self, job: Job, samples: Any, sample_rate: int, t_decoded_ns: int) -> None:
         """Encoder thread: the clip to its audio format, then the job's end. Never raises."""
         try:
-            data = audio_io.encode(samples, sample_rate, job.format)
+            clips = samples if isinstance(samples, list) else [samples]
+            data = [audio_io.encode(clip, sample_rate, job.format) for clip in clips]
             job.phase("audio_encode", t_decoded_ns, time.time_ns(), format=job.format)
-            result = JobResult(data, job.format, sample_rate, samples.shape[0], samples.shape[1])
-            del samples
+            channels, frames = clips[0].shape
+            result = JobResult(data[0], job.format, sample_rate, channels, frames, tuple(data[1:]))
+            del samples, clips
             self._done(job, result)
         except Exception as exc:
             self._failed(job, exc)

@@ -100,13 +100,13 @@ class StepTimes:
     def tail(self) -> float:
         return self._tail.value
 
-    def alone(self, key: Hashable, steps: int) -> float | None:
-        """Seconds a job of `key` with `steps` steps takes on an idle engine (a batch of its own): the least it
-        can take, whatever the queue; None without estimates."""
-        step = self.step(key, 1)
+    def alone(self, key: Hashable, steps: int, rows: int = 1) -> float | None:
+        """Seconds a job of `key` with `steps` steps and `rows` rows (takes) takes on an idle engine (a batch of its
+        own): the least it can take, whatever the queue; None without estimates."""
+        step = self.step(key, rows)
         if step is None:
             return None
-        return (self.start(key) or 0.0) + steps * step + (self.finish(key) or 0.0) + self.tail()
+        return rows * ((self.start(key) or 0.0) + (self.finish(key) or 0.0)) + steps * step + self.tail()
 
     def describe(self) -> dict[str, object]:
         """The learned costs, for diagnostics: per key, seconds per step by rows, start and finish."""
@@ -160,12 +160,14 @@ class Call:
 @dataclass(frozen=True)
 class Row:
     """One request of the running batch: `steps_left` before its decode (the step in progress included);
-    `started`: `model.start` has run for it; `deadline`: its caller's, in the engine clock."""
+    `started`: `model.start` has run for it; `deadline`: its caller's, in the engine clock; `rows`: a job of N
+    takes is N rows of every pass (and N starts and decodes)."""
 
     job_id: str
     steps_left: int
     started: bool = True
     deadline: float | None = None  # the caller's, in the engine clock (a newcomer must not make it late)
+    rows: int = 1  # rows of each forward pass it takes (its takes)
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ the `Scheduler`, the retention time in the `JobStore`).
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -76,13 +77,43 @@ class WouldMissDeadline(NotAccepting):
         }
 
 
+def rows_of(params: GenerationParams) -> int:
+    """Rows of a forward pass the job takes: one per take (`num_outputs`)."""
+    return max(1, int(params.num_outputs))
+
+
+def steps_of(params: GenerationParams) -> int:
+    """Denoising steps the job runs per row: its steps times its windows (long-form), for progress and estimates."""
+    from .longform import windows
+
+    return int(params.num_inference_steps) * windows(params)
+
+
+def take_params(params: GenerationParams, index: int) -> GenerationParams:
+    """Take `index` of a request: the same request with seed `seed + index`, one take (what its solo request with
+    that seed is, so the two make the same audio)."""
+    if params.num_outputs == 1 and index == 0:
+        return params
+    return dataclasses.replace(params, seed=int(params.seed) + index, num_outputs=1)
+
+
 @dataclass
 class JobResult:
-    data: bytes
+    data: bytes  # the first take's file
     format: str
     sample_rate: int
     channels: int
     num_samples: int
+    more: tuple[bytes, ...] = ()  # the other takes' files, in seed order (`num_outputs` > 1)
+
+    @property
+    def takes(self) -> tuple[bytes, ...]:
+        return (self.data, *self.more)
+
+    @property
+    def bytes(self) -> int:
+        """Every take's bytes: what the job store's byte bound counts."""
+        return len(self.data) + sum(len(d) for d in self.more)
 
     @property
     def duration(self) -> float:
@@ -129,6 +160,8 @@ class Job:
     error_status: int | None = None
     # -- who follows its events: (event loop, asyncio.Queue) pairs, owned by the engine's `EventHub`
     subscribers: list = field(default_factory=list)
+    # -- a long-form job's windows in progress (engine/longform.py `Chain`; the worker's, None otherwise)
+    chain: Any = None
 
     def phase(self, name: str, start_ns: int, end_ns: int, **attrs: Any) -> None:
         self.phases.append((name, start_ns, end_ns, attrs))
@@ -147,4 +180,4 @@ class Job:
 
     @property
     def result_bytes(self) -> int:
-        return len(self.result.data) if self.result is not None else 0
+        return self.result.bytes if self.result is not None else 0

@@ -53,7 +53,9 @@ class LocalJob:
     async def audio(self) -> JobAudio:
         info = self.info
         res = self._job.result
-        return JobAudio(info, res.data if info.result is not None and res is not None else None)
+        if info.result is None or res is None:
+            return JobAudio(info)
+        return JobAudio(info, res.data, res.more)
 
 
 class LocalEngineClient:

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 
 from ..models.base import GenerationParams
 from .estimates import Forecast, RunningBatch, StepTimes
-from .jobs import Job, QueueFull, WouldMissDeadline
+from .jobs import Job, QueueFull, WouldMissDeadline, rows_of, steps_of
 
 
 @dataclass
@@ -49,6 +49,16 @@ class Ticket:
     # The batch key as computed at admission, only to price the job: `key` stays the worker's to compute, so
     # that a key that cannot be computed is judged by the worker's rules (a failed job, or a dead worker).
     price_key: Hashable | None = None
+
+    @property
+    def rows(self) -> int:
+        """Rows of a forward pass the job takes (one per take): what batch room is counted in."""
+        return rows_of(self.job.params)
+
+    @property
+    def steps(self) -> int:
+        """Steps per row (over every window of a long-form job)."""
+        return steps_of(self.job.params)
 
     @property
     def priced_as(self) -> Hashable:
@@ -144,7 +154,7 @@ class Scheduler:
         made it)."""
         finish = after.finishes.get(job.id)
         estimate = (finish - now) if finish is not None else 0.0
-        alone = self.costs.alone(ticket.priced_as, job.params.num_inference_steps) or 0.0
+        alone = self.costs.alone(ticket.priced_as, ticket.steps, ticket.rows) or 0.0
         if job.deadline_at is not None and finish is not None and finish > job.deadline_at:
             retry = _retry_s(finish - job.deadline_at)
             if alone > (job.max_wait_s or 0.0):
@@ -241,7 +251,7 @@ class Scheduler:
             times.append(ticket.deadline)
             job = ticket.job
             if job.deadline_at is not None:
-                alone = self.costs.alone(ticket.priced_as, job.params.num_inference_steps)
+                alone = self.costs.alone(ticket.priced_as, ticket.steps, ticket.rows)
                 times.append(job.deadline_at - (alone or 0.0))
         return min(times, default=None)
 
@@ -253,7 +263,7 @@ class Scheduler:
             return None
         if job.deadline_at <= now:
             return f"not run: its deadline (max_wait_s={job.max_wait_s:g}) passed while it was queued"
-        alone = self.costs.alone(ticket.priced_as, job.params.num_inference_steps)
+        alone = self.costs.alone(ticket.priced_as, ticket.steps, ticket.rows)
         if alone is not None and now + alone > job.deadline_at:
             return (
                 f"not run: it could no longer finish within its deadline (max_wait_s={job.max_wait_s:g}): about "
@@ -286,7 +296,7 @@ class Scheduler:
         if self._forming is None:
             self._forming = (self._queue[0].key, now + self.batch_wait_s)
         key, send_by = self._forming
-        same = sum(1 for t in self._queue if t.key == key)
+        same = sum(t.rows for t in self._queue if t.key == key)
         if same < self.max_batch_size and now < send_by and not hurry:
             return Plan(key=key, wait_s=send_by - now)
         self._forming = None
@@ -361,14 +371,14 @@ class Scheduler:
                 fc.guessed.add(job_id)
 
         queue = list(self._queue)
-        rows: list[list] = []  # [job id, steps left, started]
+        rows: list[list] = []  # [job id, steps left, started, rows it takes]
         key: Hashable = None
         t = now
         if running is not None:
             key = running.key
             for job_id in running.encoding:
                 finished(job_id, now)
-            rows = [[r.job_id, r.steps_left, r.started] for r in running.rows]
+            rows = [[r.job_id, r.steps_left, r.started, r.rows] for r in running.rows]
             for row in rows:
                 started(row[0], now)
             call = running.call
@@ -398,32 +408,33 @@ class Scheduler:
             # a step boundary: the rows that did their last step are decoded, in batch order
             for row in rows:
                 if row[2] and row[1] <= 0:
-                    t += price(costs.finish(key))
+                    t += price(costs.finish(key)) * row[3]
                     finished(row[0], t)
             rows = [row for row in rows if not (row[2] and row[1] <= 0)]
             if rows and mixed_steps:
-                for ticket in _take(queue, _priced_as, key, self.max_batch_size - len(rows), overtake=False):
-                    rows.append([ticket.job.id, ticket.job.params.num_inference_steps, False])
+                room = self.max_batch_size - sum(row[3] for row in rows)
+                for ticket in _take(queue, _priced_as, key, room, overtake=False):
+                    rows.append([ticket.job.id, ticket.steps, False, ticket.rows])
                     started(ticket.job.id, t)
             if not rows:
                 if not queue:
                     break
                 key = queue[0].priced_as
-                if sum(1 for tk in queue if tk.priced_as == key) < self.max_batch_size:
+                if sum(tk.rows for tk in queue if tk.priced_as == key) < self.max_batch_size:
                     # the window for batch mates: what is left of one already open, else a whole one
                     t = max(t, forming[1]) if forming is not None and forming[0] == key else t + self.batch_wait_s
                 forming = None
                 for ticket in _take(queue, _priced_as, key, self.max_batch_size, overtake=True):
-                    rows.append([ticket.job.id, ticket.job.params.num_inference_steps, False])
+                    rows.append([ticket.job.id, ticket.steps, False, ticket.rows])
                     started(ticket.job.id, t)
             for row in rows:  # model.start of each new row, one after another, before the next step
                 if not row[2]:
-                    t += price(costs.start(key))
+                    t += price(costs.start(key)) * row[3]
                     row[2] = True
             stepping = [row for row in rows if row[1] > 0]
             if stepping:
                 jump = min(row[1] for row in stepping)
-                t += jump * price(costs.step(key, len(stepping)))
+                t += jump * price(costs.step(key, sum(row[3] for row in stepping)))
                 for row in stepping:
                     row[1] -= jump
         return fc
@@ -435,15 +446,20 @@ class Scheduler:
 def _take(
     queue: list[Ticket], key_of: Callable[[Ticket], Hashable], key: Hashable, room: int, *, overtake: bool
 ) -> list[Ticket]:
-    """Up to `room` tickets of `key` (by `key_of`) in queue order, removed from `queue`. `overtake`: a ticket of
-    another key is passed over; otherwise selection stops there. The one selection rule, for the real queue and
-    for the forecast's copy of it."""
+    """Tickets of `key` (by `key_of`) filling up to `room` rows in queue order, removed from `queue`. `overtake`: a
+    ticket of another key, or one whose takes do not fit the room left, is passed over; otherwise selection stops
+    there. A new batch (`overtake`) always takes its first ticket, even one with more takes than `room`: a job's
+    takes are never split, and it must not wait forever. The one selection rule, for the real queue and for the
+    forecast's copy of it."""
     chosen: list[Ticket] = []
+    used = 0
     for ticket in queue:
-        if len(chosen) >= room:
+        if used >= room:
             break
-        if key_of(ticket) == key:
+        fits = used + ticket.rows <= room or (overtake and not chosen)
+        if key_of(ticket) == key and fits:
             chosen.append(ticket)
+            used += ticket.rows
         elif not overtake:
             break
     for ticket in chosen:

@@ -22,12 +22,14 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Hashable
+from typing import Any
 
 from ..models.base import AudioModel, GenerationParams, GenerationState
 from .encoder import ClipEncoder
 from .estimates import Call, Forecast, Row, RunningBatch
 from .events import EventHub, eta
-from .jobs import Job, JobStatus
+from .jobs import Job, JobResult, JobStatus, rows_of, steps_of, take_params
+from .longform import Chain, is_longform, window_params
 from .outcomes import SHUTTING_DOWN, Outcomes
 from .scheduler import Expired, Scheduler
 
@@ -164,41 +166,41 @@ class Worker:
                 if job.cancel_requested:
                     self.outcomes.cancelled(job)
                     self._release_state(state)
+                    self._end_chain(job)
                 else:
                     keep.append((job, state, t0))
             active = keep
             stepping = [entry for entry in active if not entry[1].finished]
             if stepping:
-                t0 = self._clock()
-                self.call = Call("step", t0, rows=len(stepping))
                 try:
-                    model.step([s for _, s, _ in stepping])
-                    self.stats["forward_passes"] += 1
+                    self._step(stepping, key)
                 except Exception as exc:
                     self.call = None
                     for job, state, _ in active:
                         self.outcomes.fail_for(job, exc)
                         self._release_state(state)
+                        self._end_chain(job)
                     active = []
                     break
                 with self._cond:
-                    self.call = None
-                    self.scheduler.costs.observe_step(key, len(stepping), self._clock() - t0)
                     for job, state, _ in stepping:
-                        job.step = state.step
+                        job.step = job.chain.steps_done + state.step if job.chain is not None else state.step
                     if self._clock() - self._stamped_at >= ETA_REFRESH_S:
                         self.stamp()
                         waiting = self.scheduler.queued()
                     else:
                         waiting = []
-                for job, state, _ in stepping:
-                    event = {"type": "step", "step": state.step, "total": state.total_steps, "eta_s": eta(job)}
-                    self.hub.publish(job, event)
+                published: set[str] = set()  # one event per job, however many takes it has
+                for job, _, _ in stepping:
+                    if job.id not in published:
+                        published.add(job.id)
+                        event = {"type": "step", "step": job.step, "total": job.total_steps, "eta_s": eta(job)}
+                        self.hub.publish(job, event)
                 self.hub.publish_positions(waiting)
                 self._sweep_expired()
             done = [entry for entry in active if entry[1].finished]
             active = [entry for entry in active if not entry[1].finished]
-            self._finish_jobs(done, key)
+            active += self._finish_jobs(done, key)
             if active and model.mixed_steps:
                 joining = self._take_joiners(key, self.scheduler.max_batch_size - len(active))
                 if joining:
@@ -232,69 +234,177 @@ class Worker:
         self.hub.publish_positions(waiting)
         return joining
 
+    def _step(self, stepping: list[Active], key: Hashable) -> None:
+        """One denoising step of every row in `stepping`: one forward pass, or one per step number when the family
+        needs its rows at the same step (a long-form job's next window starts at step 0 beside its batch mates)."""
+        groups: dict[int, list[Active]] = {}
+        for entry in stepping:
+            groups.setdefault(0 if self.model.mixed_steps else entry[1].step, []).append(entry)
+        for group in groups.values():
+            t0 = self._clock()
+            self.call = Call("step", t0, rows=len(group))
+            self.model.step([s for _, s, _ in group])
+            self.stats["forward_passes"] += 1
+            with self._cond:
+                self.call = None
+                self.scheduler.costs.observe_step(key, len(group), self._clock() - t0)
+
     def _start_jobs(self, jobs: list[Job], active: list[Active], key: Hashable) -> None:
-        """`model.start` each job (text and audio encoding, initial noise) and add it to `active`."""
+        """`model.start` each job's rows (text and audio encoding, initial noise; one per take, or a long-form job's
+        first window) and add them to `active`, a job's takes side by side in seed order."""
         self.stats["requests"] += len(jobs)
-        self.stats["max_batch_seen"] = max(self.stats["max_batch_seen"], len(jobs) + len(active))
+        self.stats["max_batch_seen"] = max(
+            self.stats["max_batch_seen"], sum(rows_of(j.params) for j in jobs) + len(active)
+        )
         for job in jobs:
             if job.cancel_requested:
                 self.outcomes.cancelled(job)
                 continue
+            states: list[GenerationState] = []
             try:
                 t0 = time.time_ns()
-                c0 = self._clock()
-                self.call = Call("start", c0, job.id)
-                state = self.model.start(job.params)
-                with self._cond:
-                    self.call = None
-                    self.scheduler.costs.observe_start(key, self._clock() - c0)
+                if is_longform(job.params):
+                    job.chain = Chain(job.params, self.model.sample_rate, self.model.channels, job.format)
+                    rows = [job.chain.next_params()]
+                else:
+                    rows = [take_params(job.params, i) for i in range(rows_of(job.params))]
+                for params in rows:
+                    states.append(self._start(job, params, key))
                 t1 = time.time_ns()
                 job.phase("encode", t0, t1)
-                job.total_steps = state.total_steps
+                job.total_steps = job.chain.total_steps if job.chain is not None else states[0].total_steps
                 job.params.drop_uploads()  # encoded: a family keeps in its state whatever part it still needs
-                active.append((job, state, t1))
+                active.extend((job, state, t1) for state in states)
             except Exception as exc:
                 self.call = None
+                for state in states:
+                    self._release_state(state)
+                self._end_chain(job)
                 self.outcomes.fail_for(job, exc)
 
-    def _finish_jobs(self, done: list[Active], key: Hashable) -> None:
-        """Decode the requests that finished their steps and hand them to the encoder; each leaves the batch."""
+    def _start(self, job: Job, params: GenerationParams, key: Hashable) -> GenerationState:
+        """`model.start` of one row of `job`, timed for the estimates."""
+        c0 = self._clock()
+        self.call = Call("start", c0, job.id)
+        state = self.model.start(params)
+        with self._cond:
+            self.call = None
+            self.scheduler.costs.observe_start(key, self._clock() - c0)
+        if params is not job.params:
+            params.drop_uploads()  # a take's or window's copy: encoded now
+        return state
+
+    def _finish_jobs(self, done: list[Active], key: Hashable) -> list[Active]:
+        """Decode the requests that finished their steps and hand them to the encoder; each leaves the batch. A
+        job's takes finish together (started together, same steps) and are decoded and encoded together. A long-form
+        job that has windows left starts its next one instead: returned, to go on in the batch."""
         t_denoised = time.time_ns()
-        for job, state, t_denoise in done:
-            job.phase("denoise", t_denoise, t_denoised, steps=state.total_steps, batch_size=job.batch_size)
-            samples = None
-            try:
-                if job.cancel_requested:  # cancelled while a batch mate was decoding
-                    self.outcomes.cancelled(job)
-                    continue
-                t0 = time.time_ns()
-                c0 = self._clock()
-                self.call = Call("finish", c0, job.id)
-                samples = self.model.finish(state)
-                with self._cond:
-                    self.call = None
-                    self.decoded_at[job.id] = c1 = self._clock()
-                    self.scheduler.costs.observe_finish(key, c1 - c0)
-                t1 = time.time_ns()
-                job.phase("decode", t0, t1)
-                if job.cancel_requested:  # cancelled during its own decode: no result is kept
-                    self.outcomes.cancelled(job)
-                    samples = None
-            except Exception as exc:
-                self.call = None
-                self.outcomes.fail_for(job, exc)
-                samples = None
-            finally:
+        by_job: dict[str, list[Active]] = {}
+        for entry in done:
+            by_job.setdefault(entry[0].id, []).append(entry)
+        going_on: list[Active] = []
+        for entries in by_job.values():
+            job = entries[0][0]
+            job.phase("denoise", entries[0][2], t_denoised, steps=entries[0][1].total_steps, batch_size=job.batch_size)
+            if job.chain is not None:
+                nxt = self._next_window(job, entries[0][1], key)
+                if nxt is not None:
+                    going_on.append(nxt)
+                continue
+            self._finish_takes(job, [state for _, state, _ in entries], key)
+        return going_on
+
+    def _finish_takes(self, job: Job, states: list[GenerationState], key: Hashable) -> None:
+        clips: list = []
+        t1 = time.time_ns()
+        try:
+            if job.cancel_requested:  # cancelled while a batch mate was decoding
+                self.outcomes.cancelled(job)
+                return
+            t0 = time.time_ns()
+            for state in states:
+                clips.append(self._decode(job, state, key))
+            t1 = time.time_ns()
+            job.phase("decode", t0, t1)
+            if job.cancel_requested:  # cancelled during its own decode: no result is kept
+                self.outcomes.cancelled(job)
+                clips = []
+        except Exception as exc:
+            self.call = None
+            self.outcomes.fail_for(job, exc)
+            clips = []
+        finally:
+            for state in states:
                 self._release_state(state)
+            with self._cond:
+                if job in self.running:
+                    self.running.remove(job)
+                if clips:
+                    self.encoder.claim(job)
+        if clips and not self.encoder.encode(job, clips, self.model.sample_rate, t1):
+            with self._cond:
+                self.decoded_at.pop(job.id, None)
+            self.outcomes.fail(job, SHUTTING_DOWN, 503)
+
+    def _decode(self, job: Job, state: GenerationState, key: Hashable) -> Any:
+        """`model.finish` of one row, timed for the estimates."""
+        c0 = self._clock()
+        self.call = Call("finish", c0, job.id)
+        samples = self.model.finish(state)
+        with self._cond:
+            self.call = None
+            self.decoded_at[job.id] = c1 = self._clock()
+            self.scheduler.costs.observe_finish(key, c1 - c0)
+        return samples
+
+    def _next_window(self, job: Job, state: GenerationState, key: Hashable) -> Active | None:
+        """A long-form job's window is denoised: decode it into the chain's output, then start the next window
+        (checking for a cancel between the two), or deliver the whole clip after the last one."""
+        chain: Chain = job.chain
+        going_on: Active | None = None
+        try:
+            if job.cancel_requested:
+                self.outcomes.cancelled(job)
+                return None
+            t0 = time.time_ns()
+            audio = self._decode(job, state, key)
+            chain.add(audio)
+            del audio
+            job.phase("decode", t0, time.time_ns(), window=chain.index - 1)
+            with self._cond:
+                self.decoded_at.pop(job.id, None)
+                job.step = chain.steps_done
+            if chain.index >= chain.count:
+                data = chain.result()
+                rate = self.model.sample_rate
+                self.outcomes.done(job, JobResult(data, job.format, rate, self.model.channels, chain.written))
+                return None
+            if job.cancel_requested:  # between windows
+                self.outcomes.cancelled(job)
+                return None
+            going_on = (job, self._start(job, chain.next_params(), key), time.time_ns())
+            return going_on
+        except Exception as exc:
+            self.call = None
+            self.outcomes.fail_for(job, exc)
+            return None
+        finally:
+            self._release_state(state)
+            if going_on is None:
+                self._end_chain(job)
                 with self._cond:
                     if job in self.running:
                         self.running.remove(job)
-                    if samples is not None:
-                        self.encoder.claim(job)
-            if samples is not None and not self.encoder.encode(job, samples, self.model.sample_rate, t1):
-                with self._cond:
-                    self.decoded_at.pop(job.id, None)
-                self.outcomes.fail(job, SHUTTING_DOWN, 503)
+
+    def _end_chain(self, job: Job) -> None:
+        """Free a long-form job's chain (its encoder and kept overlap) once the job ends or fails to go on; what it
+        measured stays readable on the job."""
+        chain = job.chain
+        if chain is not None:
+            try:
+                chain.close()
+            except Exception:
+                log.exception("closing a long-form chain failed")
 
     # -- helpers ---------------------------------------------------------------------
     def _mark_running(self, jobs: list[Job], batch_size: int) -> None:
@@ -305,7 +415,8 @@ class Worker:
             job.phase("queue", int(job.created * 1e9), now_ns, batch_size=batch_size)
 
     def _key_of(self, params: GenerationParams) -> Hashable:
-        return tuple(self.model.batch_key(params))
+        """The model's batch key of the job's rows (a long-form job's: its windows')."""
+        return tuple(self.model.batch_key(window_params(params)))
 
     def _release_state(self, state: GenerationState) -> None:
         try:
@@ -343,9 +454,10 @@ class Worker:
         rows = tuple(
             Row(
                 job.id,
-                (job.total_steps - job.step) if job.total_steps else job.params.num_inference_steps,
+                (job.total_steps - job.step) if job.total_steps else steps_of(job.params),
                 started=bool(job.total_steps),
                 deadline=job.deadline_at,
+                rows=rows_of(job.params),
             )
             for job in self.running
             if not job.ended and not job.cancel_requested

@@ -94,6 +94,13 @@ class GenerationParams:
     inpaint_regions: list[tuple[float, float]] | None = None
     apg_scale: float | None = None
     loras: tuple[LoraRef, ...] = ()
+    # Takes of one request, from seeds `seed, seed + 1, ...`: the engine runs each as a row of one batch; a family
+    # only ever sees one take (`num_outputs` 1).
+    num_outputs: int = 1
+    # Long-form (the engine's, never a family's): `duration` is the whole clip, made as a chain of windows of
+    # `window_s` seconds, each continuing the last `overlap_s` seconds of the one before (engine/longform.py).
+    window_s: float | None = None
+    overlap_s: float | None = None
 
     def drop_uploads(self) -> None:
         """Free the uploaded audio once the model has encoded it (it may be minutes of float32)."""

@@ -60,6 +60,7 @@ class SubmittedJob:
         self._info: JobInfo | None = None
         self._stream: Any = None
         self._audio: bytes | None = None
+        self._more: tuple[bytes, ...] = ()  # the other takes' files
         self._followers: list[asyncio.Queue[JobEvent]] = []
         self._task: asyncio.Task | None = None
 
@@ -121,7 +122,7 @@ class SubmittedJob:
         try:
             async for item in stream:
                 if isinstance(item, JobAudio):
-                    self._audio = item.data
+                    self._audio, self._more = item.data, item.more
                     continue
                 self._publish(item)
                 if item.terminal:
@@ -167,7 +168,9 @@ class SubmittedJob:
 
     async def audio(self) -> JobAudio:
         info = self.info
-        return JobAudio(info, self._audio if info.status == JobStatus.done else None)
+        if info.status != JobStatus.done:
+            return JobAudio(info)
+        return JobAudio(info, self._audio, self._more)
 
 
 class FollowedJob:
