@@ -638,7 +638,7 @@ def test_playground_picks_adapters_and_strengths(tmp_path, ref):
                 page.select_option("#lora-pick", name)
                 page.get_by_role("button", name="Add adapter").click()
             page.get_by_role("button", name="Remove lora_r4").nth(1).click()  # the third one again
-            strengths = page.locator("#loras input")
+            strengths = page.locator('#loras input[data-key="strength"]')
             assert strengths.count() == 2
             strengths.nth(0).fill("0.7")
             strengths.nth(1).fill("0.3")

@@ -381,7 +381,7 @@ def test_generate_shows_progress_audio_and_pictures(live, page):
     page.wait_for_function("() => document.getElementById('spectrogram').dataset.drawn === '1'")
     page.wait_for_function("() => document.getElementById('player').readyState >= 1")
     assert page.evaluate("document.getElementById('player').duration") == pytest.approx(1.0, abs=0.01)
-    item.get_by_role("button", name=re.compile("^Put the settings")).click()
+    item.get_by_role("button", name=re.compile("^Reuse settings")).click()
     assert page.locator("#seed").input_value() == "4242"
     shot(page, "desktop-history")
     assert not page.problems, page.problems
@@ -416,26 +416,31 @@ def test_cancel_a_long_job(live, page, step_hold):
 @needs_browser
 def test_validation_error_is_shown_as_the_api_words_it(live, page):
     open_page(page, live.url)
+    seen = watch_network(page)
     body = {"prompt": "drum loop", "duration": 999, "num_inference_steps": FAST_STEPS}
     api = httpx.post(live.url + "jobs", json=body)
     assert api.status_code == 422
     msg = api.json()["detail"][0]["msg"]
+    # out of the model's range: caught on the page, in the service's words, before anything is sent
     fill_fast(page, "drum loop", duration=999)
     page.get_by_label("Prompt", exact=True).press("Control+Enter")  # keyboard submit
     error = page.locator("#duration-error")
     error.wait_for(state="visible")
-    assert error.inner_text() == msg
+    said = error.inner_text()
+    assert said.startswith("must be between 1 and 30 for model") and msg.startswith(said), (said, msg)
     assert page.locator("#duration").get_attribute("aria-invalid") == "true"
-    assert msg in page.get_by_role("alert").inner_text()
+    assert said in page.get_by_role("alert").inner_text()
     assert page.evaluate("document.activeElement.id") == "duration"
+    assert not posted_jobs(seen)
     shot(page, "desktop-validation", full_page=False)
-    # a blank prompt: the service's own words again
-    page.get_by_label("Prompt", exact=True).fill("   ")
+    # what only the service checks (control characters): its own words, beside the field
+    page.get_by_label("Prompt", exact=True).fill("drum\x01loop")
     page.get_by_label("Duration").fill("1")
     page.get_by_role("button", name="Generate").click()
     page.locator("#prompt-error").wait_for(state="visible")
-    assert "blank" in page.locator("#prompt-error").inner_text()
+    assert "control characters" in page.locator("#prompt-error").inner_text()
     assert page.locator("#duration-error").is_hidden()
+    assert len(posted_jobs(seen)) == 1
 
 
 @needs_browser

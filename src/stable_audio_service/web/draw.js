@@ -22,6 +22,7 @@ export function clearCanvas(canvas) {
 
 // zones: [{from, to, kind: "mark" | "new" | "cut", label}] in seconds; view: the seconds the width spans.
 function drawZones(g, zones, view, w, h, dpr, under) {
+  const labels = [];
   for (const z of zones) {
     const x0 = Math.round((z.from / view) * w);
     const x1 = Math.max(x0 + 1, Math.round((z.to / view) * w));
@@ -35,17 +36,43 @@ function drawZones(g, zones, view, w, h, dpr, under) {
         g.fillRect(x0, 0, Math.max(1, Math.round(dpr)), h);
         g.fillRect(x1 - Math.max(1, Math.round(dpr)), 0, Math.max(1, Math.round(dpr)), h);
       }
-      if (z.label && x1 - x0 > 60 * dpr) {
-        g.fillStyle = cssVar("--text-muted");
-        g.font = `${11 * dpr}px system-ui, sans-serif`;
-        g.textAlign = "left";
-        g.textBaseline = "top";
-        g.fillText(z.label, x0 + 4 * dpr, 7 * dpr);
-      }
+      if (z.label && x1 - x0 >= 12 * dpr) labels.push(placeLabel(g, z.label, x0, w, dpr));
     }
   }
+  return labels;
 }
 
+// A zone's label, whole and inside the canvas: from the zone's start where it fits, else pulled left from the
+// canvas's right edge (a zone at the end, e.g. "not used (after Duration)", is often narrower than its words);
+// only a canvas too narrow for the words gets the part before the parenthesis.
+function placeLabel(g, label, x0, w, dpr) {
+  g.fillStyle = cssVar("--text-muted");
+  g.font = `${11 * dpr}px system-ui, sans-serif`;
+  g.textAlign = "left";
+  g.textBaseline = "top";
+  const pad = 4 * dpr;
+  let text = label;
+  if (g.measureText(text).width > w - 2 * pad) text = label.replace(/\s*\(.*$/, "");
+  const tw = g.measureText(text).width;
+  const x = Math.max(pad, Math.min(x0 + pad, w - pad - tw));
+  g.fillText(text, x, 7 * dpr);
+  return { text, x0: x, x1: x + tw };
+}
+
+// The largest absolute sample of any channel.
+function peakOf(channels) {
+  let peak = 0;
+  for (const data of channels) {
+    for (let i = 0; i < data.length; i++) {
+      const v = Math.abs(data[i]);
+      if (v > peak) peak = v;
+    }
+  }
+  return peak;
+}
+
+// The waveform is drawn scaled to the clip's own peak (a quiet clip is not a flat line; at most x1000, 60 dB),
+// and its label says so, with the peak in dBFS.
 export function drawWaveform(canvas, { channels, sampleRate }, { view, zones = [] } = {}) {
   const { w, h, dpr } = sizeCanvas(canvas);
   const g = canvas.getContext("2d");
@@ -53,6 +80,13 @@ export function drawWaveform(canvas, { channels, sampleRate }, { view, zones = [
   g.fillRect(0, 0, w, h);
   const n = channels[0].length;
   const span = view || n / sampleRate;
+  const peak = peakOf(channels);
+  const gain = peak > 0 ? Math.min(1 / peak, 1000) : 1;
+  if (!canvas.dataset.label) canvas.dataset.label = canvas.getAttribute("aria-label") || "Waveform";
+  const db = peak > 0 ? `peak ${(20 * Math.log10(peak)).toFixed(1)} dBFS` : "silent";
+  canvas.setAttribute("aria-label", `${canvas.dataset.label}, drawn to its peak (${db})`);
+  canvas.dataset.gain = String(gain);
+  canvas.dataset.span = String(span);
   const perPx = (span * sampleRate) / w; // samples per pixel column
   drawZones(g, zones, span, w, h, dpr, true);
   const lanes = channels.length;
@@ -73,15 +107,16 @@ export function drawWaveform(canvas, { channels, sampleRate }, { view, zones = [
         if (v > hi) hi = v;
       }
       if (hi < lo) continue;
-      const y0 = mid - hi * (laneH / 2 - 1);
-      const y1 = mid - lo * (laneH / 2 - 1);
+      const y0 = mid - hi * gain * (laneH / 2 - 1);
+      const y1 = mid - lo * gain * (laneH / 2 - 1);
       g.fillRect(x, y0, 1, Math.max(1, y1 - y0));
     }
     g.fillStyle = cssVar("--axis");
     g.fillRect(0, Math.round(mid), w, Math.max(1, Math.round(dpr / 2)));
     g.fillStyle = cssVar("--wave");
   }
-  drawZones(g, zones, span, w, h, dpr, false);
+  const labels = drawZones(g, zones, span, w, h, dpr, false);
+  canvas.dataset.labels = JSON.stringify(labels.map((l) => ({ ...l, w })));
   canvas.dataset.drawn = "1";
 }
 
@@ -149,14 +184,17 @@ function niceStep(span, maxTicks) {
   return 60;
 }
 
-export function drawSpectrogram(canvas, { mono, sampleRate }) {
+// view: the seconds the width spans, as for the waveform drawn above it (the plot takes the canvas's whole width,
+// with the frequency labels inside it, so that a time has the same x in both pictures); a clip shorter than the
+// view (a source before its continuation) leaves the rest empty.
+export function drawSpectrogram(canvas, { mono, sampleRate }, { view } = {}) {
   const { w, h, dpr } = sizeCanvas(canvas);
   const g = canvas.getContext("2d");
   const font = 11 * dpr;
-  const left = Math.round(40 * dpr);
+  const left = 0;
   const bottom = Math.round(20 * dpr);
   const top = Math.round(4 * dpr);
-  const right = Math.round(8 * dpr);
+  const right = 0;
   const pw = Math.max(10, w - left - right);
   const ph = Math.max(10, h - top - bottom);
   g.fillStyle = cssVar("--panel");
@@ -181,12 +219,14 @@ export function drawSpectrogram(canvas, { mono, sampleRate }) {
   const im = new Float32Array(N);
   const power = new Float32Array(half);
   const n = mono.length;
+  const seconds = view || n / sampleRate; // the seconds the plot's width spans
+  const clipCols = Math.min(cols, Math.round(((n / sampleRate) / seconds) * cols)); // columns the clip covers
   let peak = -Infinity;
   let dc = 0; // a constant offset would smear over the low rows; it is not sound
   for (let i = 0; i < n; i++) dc += mono[i];
   dc /= Math.max(1, n);
-  for (let x = 0; x < cols; x++) {
-    const center = Math.round(((x + 0.5) / cols) * n);
+  for (let x = 0; x < clipCols; x++) {
+    const center = Math.round(((x + 0.5) / cols) * seconds * sampleRate);
     // Frames stay inside the clip (no zero-padded edges, which would show as clicks).
     const start = n > N ? Math.min(n - N, Math.max(0, center - half)) : center - half;
     for (let i = 0; i < N; i++) {
@@ -207,34 +247,58 @@ export function drawSpectrogram(canvas, { mono, sampleRate }) {
     }
   }
   const range = 80;
-  const img = g.createImageData(cols, ph);
-  for (let i = 0; i < cols * ph; i++) {
-    const t = Math.max(0, Math.min(1, (db[i] - (peak - range)) / range));
-    const c = Math.round(t * 255) * 3;
-    img.data[i * 4] = LUT[c];
-    img.data[i * 4 + 1] = LUT[c + 1];
-    img.data[i * 4 + 2] = LUT[c + 2];
-    img.data[i * 4 + 3] = 255;
+  if (clipCols > 0) {
+    const img = g.createImageData(clipCols, ph);
+    for (let y = 0; y < ph; y++) {
+      for (let x = 0; x < clipCols; x++) {
+        const i = y * clipCols + x;
+        const t = Math.max(0, Math.min(1, (db[y * cols + x] - (peak - range)) / range));
+        const c = Math.round(t * 255) * 3;
+        img.data[i * 4] = LUT[c];
+        img.data[i * 4 + 1] = LUT[c + 1];
+        img.data[i * 4 + 2] = LUT[c + 2];
+        img.data[i * 4 + 3] = 255;
+      }
+    }
+    g.putImageData(img, left, top);
   }
-  g.putImageData(img, left, top);
+  if (clipCols < cols) {
+    g.fillStyle = cssVar("--plot-bg"); // after the clip's end: nothing to show yet
+    g.fillRect(left + clipCols, top, cols - clipCols, ph);
+  }
+  canvas.dataset.span = String(seconds);
+  canvas.dataset.clipEnd = String(clipCols / cols); // the fraction of the width the clip covers
 
-  // Axes: frequency (log) on the left, time along the bottom.
-  g.fillStyle = cssVar("--text-muted");
+  // Axes: frequency (log) inside the plot's left edge, on a backing so they read over any colour; time along
+  // the bottom.
   g.strokeStyle = cssVar("--axis");
   g.lineWidth = Math.max(1, dpr);
   g.font = `${font}px system-ui, sans-serif`;
-  g.textAlign = "right";
+  g.textAlign = "left";
   g.textBaseline = "middle";
-  for (const f of [50, 100, 200, 500, 1000, 2000, 5000, 10000, 20000]) {
+  // from the top down, each label at least a line below the one above it (a short plot keeps fewer)
+  const ticks = [];
+  for (const f of [20000, 10000, 5000, 2000, 1000, 500, 200, 100, 50]) {
     if (f < fMin || f > fMax) continue;
     const y = top + (1 - Math.log(f / fMin) / Math.log(fMax / fMin)) * (ph - 1);
-    g.fillText(f >= 1000 ? `${f / 1000}k` : String(f), left - 6 * dpr, y);
-    g.beginPath();
-    g.moveTo(left - 4 * dpr, y);
-    g.lineTo(left, y);
-    g.stroke();
+    const ly = Math.max(top + font / 2 + dpr, Math.min(top + ph - font / 2 - dpr, y));
+    if (!ticks.length || ly - ticks[ticks.length - 1].ly >= font + 4 * dpr) ticks.push({ f, y, ly });
   }
-  const seconds = n / sampleRate;
+  ticks.forEach(({ f, y, ly }, k) => {
+    const label = (f >= 1000 ? `${f / 1000}k` : String(f)) + (k === 0 ? " Hz" : "");
+    const tw = g.measureText(label).width;
+    g.fillStyle = cssVar("--panel");
+    g.globalAlpha = 0.7;
+    g.fillRect(5 * dpr, ly - font / 2 - dpr, tw + 4 * dpr, font + 2 * dpr);
+    g.globalAlpha = 1;
+    g.fillStyle = cssVar("--text-muted");
+    g.fillText(label, 7 * dpr, ly);
+    g.beginPath();
+    g.moveTo(0, y);
+    g.lineTo(4 * dpr, y);
+    g.stroke();
+  });
+  g.fillStyle = cssVar("--text-muted");
   const step = niceStep(seconds, Math.floor(pw / (48 * dpr)));
   g.textAlign = "center";
   g.textBaseline = "top";
@@ -248,8 +312,5 @@ export function drawSpectrogram(canvas, { mono, sampleRate }) {
     g.textAlign = x + 20 * dpr > w ? "right" : t === 0 ? "left" : "center";
     g.fillText(label, x, top + ph + 6 * dpr);
   }
-  g.textAlign = "left";
-  g.textBaseline = "top";
-  g.fillText("Hz", 2 * dpr, top + ph + 6 * dpr); // the unit of the left axis, under it
   canvas.dataset.drawn = "1";
 }

@@ -8,6 +8,8 @@ import { setMode, showStrength } from "./modes.js";
 import { drawSource, renderRegions } from "./regions.js";
 import { setSource, useAsSource } from "./source.js";
 import { editText, showResult } from "./player.js";
+import { loras, lorasText } from "./loras.js";
+import { clearFieldErrors } from "./messages.js";
 
 const HISTORY_MAX = 8;
 const urls = new Map(); // entry id -> object URL of its audio, kept while the entry is listed
@@ -93,12 +95,16 @@ export const saved = (() => {
     $("history-clear").hidden = items.length === 0;
   }
 
-  function button(text, label, onClick) {
+  // A button whose accessible name is its visible text followed by which entry it acts on (hidden words),
+  // so that "Reuse settings" is also what a voice or screen-reader user says and hears first.
+  function button(text, more, onClick) {
     const b = document.createElement("button");
     b.type = "button";
     b.className = "secondary small";
-    b.textContent = text;
-    b.setAttribute("aria-label", label);
+    const which = document.createElement("span");
+    which.className = "visually-hidden";
+    which.textContent = ` ${more}`;
+    b.append(text, which);
     b.addEventListener("click", onClick);
     return b;
   }
@@ -114,7 +120,9 @@ export const saved = (() => {
     meta.textContent =
       (e.edit ? `${editText(e)} · ` : "") +
       `${fmt(e.duration)} s · ${e.num_inference_steps} steps · guidance ${fmt(e.guidance_scale)} · ` +
-      `seed ${e.seed} · ${e.format} · ${when}`;
+      `seed ${e.seed} · ${e.format}` +
+      (e.loras && e.loras.length ? ` · LoRA ${lorasText(e.loras)}` : "") +
+      ` · ${when}`;
     const url = urls.get(e.id) || URL.createObjectURL(e.blob);
     urls.set(e.id, url);
     const audio = document.createElement("audio");
@@ -125,17 +133,17 @@ export const saved = (() => {
     const actions = document.createElement("div");
     actions.className = "row wrap";
     actions.append(
-      button("Show", `Show "${e.prompt}" with its pictures`, async () => {
+      button("Show", `“${e.prompt}” with its pictures`, async () => {
         await showResult(e);
         $("result").scrollIntoView({ behavior: "smooth", block: "start" });
         $("player").focus();
       }),
-      button("Reuse settings", `Put the settings of "${e.prompt}" into the form`, () => reuse(e)),
+      button("Reuse settings", `of “${e.prompt}” in the form`, () => reuse(e)),
     );
     if (!$("use-result").hidden) {
-      actions.append(button("Edit", `Use "${e.prompt}" as the source for editing`, () => useAsSource(e)));
+      actions.append(button("Edit", `“${e.prompt}” as the source`, () => useAsSource(e)));
     }
-    actions.append(button("Delete", `Delete "${e.prompt}" from history`, () => remove(e.id)));
+    actions.append(button("Delete", `“${e.prompt}” from history`, () => remove(e.id)));
     li.append(title, meta, audio, actions);
     return li;
   }
@@ -143,7 +151,10 @@ export const saved = (() => {
   return { add, render, clear };
 })();
 
+// Every setting of the entry back into the form: the fields, the adapters with their controls, and for an edit
+// its mode, source, strength and regions.
 function reuse(e) {
+  clearFieldErrors();
   $("prompt").value = e.prompt;
   $("negative_prompt").value = e.negative_prompt || "";
   $("duration").value = e.duration;
@@ -151,6 +162,7 @@ function reuse(e) {
   $("guidance_scale").value = e.guidance_scale;
   $("seed").value = e.seed;
   $("format").value = e.format;
+  loras.restore(e.loras || []);
   if (e.edit && state.caps && (e.edit.mode === "a2a" ? state.caps.audioToAudio : state.caps.inpainting)) {
     // an edit comes back with its source, strength and regions
     setMode(e.edit.mode);

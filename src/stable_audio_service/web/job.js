@@ -4,11 +4,13 @@
 import { $, bytesText, fmt } from "./util.js";
 import { state } from "./state.js";
 import { api, apiBytes, streamEvents } from "./api.js";
-import { clearFieldErrors, showApiError, showError } from "./messages.js";
+import { clearFieldErrors, showApiError, showError, showProblems } from "./messages.js";
 import { readForm } from "./form.js";
+import { checkForm } from "./checks.js";
+import { loras } from "./loras.js";
 import { bodyWithAudio, sourceBase64 } from "./source.js";
 import { showRegionsError } from "./regions.js";
-import { showResult } from "./player.js";
+import { revealResult, showResult } from "./player.js";
 import { saved } from "./history.js";
 
 const MIME = { wav: "audio/wav", flac: "audio/flac", ogg: "audio/ogg", mp3: "audio/mpeg" };
@@ -56,14 +58,11 @@ export async function generate(ev) {
   clearFieldErrors();
   showError("");
   const { body, bad } = readForm();
-  if (bad.length) {
-    for (const name of bad) {
-      $(`${name}-error`).textContent = "not a number";
-      $(`${name}-error`).hidden = false;
-      $(name).setAttribute("aria-invalid", "true");
-    }
-    $(bad[0]).focus();
-    showError(`${bad.join(", ")}: not a number`);
+  // checked here first (the prompt, GET /models' ranges, the adapters' controls): nothing is sent until it is right
+  const problems = checkForm(body, bad);
+  const adapterProblems = loras.check();
+  if (problems.length || adapterProblems.length) {
+    showProblems(problems, adapterProblems);
     return;
   }
   const edit = state.mode === "text" ? null : checkEdit(body);
@@ -235,6 +234,8 @@ async function onTerminal(job, last, body, edit) {
     channels: r.channels,
     timings: r.timings || {},
     blob: new Blob([bytes], { type: MIME[r.format] || "application/octet-stream" }),
+    // the adapters as requested, with every control (meta.loras confirms the names and strengths applied)
+    loras: appliedLoras(body.loras, view.meta && view.meta.loras),
     edit: edit
       ? {
           mode: edit.mode,
@@ -245,7 +246,18 @@ async function onTerminal(job, last, body, edit) {
       : null,
   };
   await showResult(entry);
+  revealResult(entry);
   await saved.add(entry);
+}
+
+// The request's `loras` items, kept where the answer's meta.loras applied the same adapter (by order and name),
+// with the strength the service says it used.
+function appliedLoras(sent, applied) {
+  if (!Array.isArray(sent) || !sent.length) return [];
+  if (!Array.isArray(applied)) return sent.map((l) => ({ ...l }));
+  return sent
+    .map((l, i) => (applied[i] && applied[i].name === l.name ? { ...l, strength: applied[i].strength } : null))
+    .filter((l) => l);
 }
 
 export async function cancel() {

@@ -17,8 +17,40 @@ const EDIT_FIELDS = {
   inpaint_audio_b64: { error: "source-error", control: "source-file" },
   init_noise_level: { error: "init_noise_level-error", control: "strength" },
   inpaint_regions: { error: "regions-error", control: null },
-  loras: { error: "loras-error", control: "lora-pick" },
+  loras: { error: "loras-error", control: null }, // each item's own input is outlined (loraTarget)
 };
+
+const LORA_WORDS = {
+  strength: "strength",
+  conditioner_strength: "conditioner strength",
+  "interval-min": "sigma from",
+  "interval-max": "sigma to",
+  layer_filter: "layers",
+  name: "name",
+};
+
+// The input of adapter i's control `key` (a data-key of loras.js); for its name, its Remove button.
+function loraTarget(i, key) {
+  if (key === "name") return $("loras").querySelector(`li[data-i="${i}"] button`);
+  return $("loras").querySelector(`input[data-i="${i}"][data-key="${key}"]`);
+}
+
+function loraText(i, key, msg) {
+  const input = $("loras").querySelector(`input[data-i="${i}"][data-key="strength"]`);
+  const name = input ? input.closest("li").querySelector("label").firstChild.textContent : `${i + 1}.`;
+  return `Adapter ${name.replace(/, strength\s*$/, "")} ${LORA_WORDS[key] || key}: ${msg}`;
+}
+
+function markLora(i, key, msg) {
+  const target = loraTarget(i, key);
+  if (target && key !== "name") target.setAttribute("aria-invalid", "true");
+  if (target && target.closest("details")) target.closest("details").open = true;
+  const el = $("loras-error");
+  const text = loraText(i, key, msg);
+  el.textContent = el.hidden || !el.textContent ? text : `${el.textContent}\n${text}`;
+  el.hidden = false;
+  return target;
+}
 
 export function clearFieldErrors() {
   for (const name of FIELDS) {
@@ -38,12 +70,43 @@ export function clearFieldErrors() {
     if (control) $(control).removeAttribute("aria-invalid");
   }
   for (const input of $("regions").querySelectorAll("input")) input.removeAttribute("aria-invalid");
+  for (const input of $("loras").querySelectorAll("input")) input.removeAttribute("aria-invalid");
+  $("lora-pick").removeAttribute("aria-invalid");
+}
+
+// What the page found wrong before sending (checks.js, loras.check()): each message beside its field, the
+// field outlined, the first one focused, and all of them in the page's alert. Nothing is sent.
+export function showProblems(fields, adapters = []) {
+  let first = null;
+  const lines = [];
+  for (const { field, msg } of fields) {
+    const el = $(`${field}-error`);
+    el.textContent = el.hidden || !el.textContent ? msg : `${el.textContent} ${msg}`;
+    el.hidden = false;
+    $(field).setAttribute("aria-invalid", "true");
+    first = first || $(field);
+    const label = document.querySelector(`label[for="${field}"]`);
+    lines.push(`${label ? label.firstChild.textContent.trim() : field}: ${msg}`);
+  }
+  for (const { i, key, msg } of adapters) {
+    first = first || markLora(i, key, msg);
+    lines.push(loraText(i, key, msg));
+  }
+  if (first) first.focus();
+  showError(`Not sent. ${lines.join("\n")}`);
 }
 
 // A 422 about an editing field: shown beside the source, the strength or the regions.
 function showEditFieldError(loc, msg) {
   const name = loc.find((p) => typeof p === "string" && p in EDIT_FIELDS);
   if (!name) return null;
+  const at = loc.indexOf(name);
+  if (name === "loras" && Number.isInteger(loc[at + 1])) {
+    let key = loc[at + 2] || "name";
+    if (key === "interval") key = loc[at + 3] === 1 ? "interval-max" : "interval-min";
+    return markLora(loc[at + 1], key, msg);
+  }
+  if (name === "loras") $("lora-pick").setAttribute("aria-invalid", "true");
   const { error, control } = EDIT_FIELDS[name];
   let text = msg;
   let target = control ? $(control) : null;

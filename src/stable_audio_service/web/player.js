@@ -5,6 +5,7 @@ import { $, fmt } from "./util.js";
 import { state } from "./state.js";
 import { channelsOf, decodeBlob, monoOf } from "./audio.js";
 import { clearCanvas, drawSpectrogram, drawWaveform } from "./draw.js";
+import { lorasText } from "./loras.js";
 
 // What the result panel shows, kept for the A/B switch and for redraws.
 const panel = {
@@ -92,6 +93,7 @@ export async function showResult(entry) {
   fact(dl, "Seed", String(entry.seed));
   fact(dl, "Duration", `${fmt(entry.duration)} s`);
   fact(dl, "Steps · guidance", `${entry.num_inference_steps} · ${fmt(entry.guidance_scale)}`);
+  if (entry.loras && entry.loras.length) fact(dl, "LoRA", lorasText(entry.loras));
   if (entry.negative_prompt) fact(dl, "Negative prompt", entry.negative_prompt);
   fact(dl, "Audio", `${entry.format.toUpperCase()} · ${entry.sample_rate} Hz · ${entry.channels} ch`);
   fact(dl, "Timings", timingsText(entry.timings));
@@ -128,6 +130,19 @@ export async function showResult(entry) {
     }
   }
   drawResult();
+}
+
+// A new result is announced (a polite live region: "Result ready: …") and, when its panel is not on screen (a
+// phone's one column puts it below the form), scrolled to.
+export function revealResult(entry) {
+  const seconds = `${fmt(entry.duration)} s`;
+  $("result-status").textContent = `Result ready: “${entry.prompt}”, ${seconds}, seed ${entry.seed}.`;
+  const box = $("result").getBoundingClientRect();
+  const h = window.innerHeight || document.documentElement.clientHeight;
+  if (box.top < 0 || box.top > h * 0.6) {
+    const calm = window.matchMedia && window.matchMedia("(prefers-reduced-motion: reduce)").matches;
+    $("result").scrollIntoView({ behavior: calm ? "auto" : "smooth", block: "start" });
+  }
 }
 
 function setABButtons() {
@@ -172,7 +187,7 @@ export function drawResult() {
   const own = decoded.channels[0].length / decoded.sampleRate;
   const view = entry && entry.edit ? Math.max(own, entry.duration) : own;
   drawWaveform($("waveform"), decoded, { view, zones });
-  drawSpectrogram($("spectrogram"), decoded);
+  drawSpectrogram($("spectrogram"), decoded, { view }); // the same timeline as the waveform
 }
 
 function resultZones(entry) {

@@ -260,11 +260,18 @@ function sourceZones() {
   return zones;
 }
 
+let spectrogramTimer = null;
+
+// `spectrogram: false` (while Duration is typed): the waveform at once, the spectrogram (slower; it spans the
+// same timeline) once the typing pauses.
 export function drawSource({ spectrogram = true } = {}) {
   if (!state.source || $("source").hidden) return;
   const view = viewSeconds();
   drawWaveform($("source-waveform"), state.source.decoded, { view, zones: sourceZones() });
-  if (spectrogram) drawSpectrogram($("source-spectrogram"), state.source.decoded);
+  clearTimeout(spectrogramTimer);
+  const spec = () => state.source && drawSpectrogram($("source-spectrogram"), state.source.decoded, { view: viewSeconds() });
+  if (spectrogram) spec();
+  else spectrogramTimer = setTimeout(spec, 200);
   renderRegionOverlay();
   movePlayhead();
   const caption = $("source-wave-caption");
