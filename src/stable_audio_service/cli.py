@@ -98,6 +98,12 @@ def _progress_bar():
     )
 
 
+def _said_loudness(gain_db: float | None) -> None:
+    """The gain a `--loudness` level applied, so the caller knows what was done to the file."""
+    if gain_db is not None:
+        typer.echo(f"loudness: gain {gain_db:+.2f} dB")
+
+
 def _wrote(output: Path, duration: float, sample_rate: int, channels: int, fmt: str, seed: int | None) -> None:
     typer.echo(f"wrote {output} ({duration:.2f}s, {sample_rate} Hz, {channels} ch, {fmt}, seed {seed})")
 
@@ -155,6 +161,11 @@ def generate(
     overlap: float | None = typer.Option(
         None, "--overlap", help="Long-form: seconds each window continues and crossfades [min(10, window/4)]."
     ),
+    loudness: str | None = typer.Option(
+        None,
+        "--loudness",
+        help="none (as generated), peak (-1 dBFS peak) or a target in LUFS, e.g. -14 (true peak kept under -1 dBTP).",
+    ),
 ) -> None:
     """Generate one clip to a file, with a progress bar: here, or on a running service with --server."""
     from pydantic import ValidationError
@@ -177,6 +188,7 @@ def generate(
             num_outputs=num_outputs,
             window_s=window,
             overlap_s=overlap,
+            loudness=loudness,
         )
     except ValidationError as exc:
         _fail("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()))
@@ -245,6 +257,7 @@ def _generate_remote(body: StableAudioRequest, output: Path, server: str, token:
     for i, take in enumerate(result.outputs):
         path = take.save(take_path(output, i, take.seed, len(result.outputs)))
         _wrote(path, take.duration, take.sample_rate, take.channels, take.format, take.seed)
+        _said_loudness(take.loudness_gain_db)
 
 
 def _worth_saying(said: tuple[int | None, float | None] | None, position: int | None, eta_s: float | None) -> bool:
@@ -306,6 +319,7 @@ def _generate_local(
             path = take_path(output, i, seed, res.takes)
             path.write_bytes(audio.take(i) or b"")
             _wrote(path, res.duration, res.sample_rate, res.channels, resolved.format, seed)
+            _said_loudness(res.loudness[i].gain_db if len(res.loudness) > i else None)
 
     try:
         asyncio.run(run())

@@ -17,6 +17,9 @@ A deadline: `generate(..., max_wait_s=30)` (or `submit`) asks the service to ref
 cannot finish within 30 s (`DeadlineRefused`, with the estimate and a Retry-After; not retried, so the caller is
 never kept past its own deadline by the client). Events say `eta_s`, the service's estimate of the seconds left.
 
+A level: `generate(..., loudness=-14)` (a LUFS target, true-peak limited at -1 dBTP) or `loudness="peak"` (-1 dBFS
+peak); the result's `loudness_gain_db` is the gain applied.
+
 LoRA adapters (Stable Audio 3), each with Stability's per-adapter controls: `loras=[Lora("style", 0.8,
 conditioner_strength=1.0, interval=(0.0, 0.5), layer_filter=["cross_attn"])]`; names and dicts work too.
 
@@ -166,6 +169,8 @@ class GenerationResult:
     num_samples: int
     job_id: str | None = None
     timings: dict[str, float | None] | None = None
+    # The gain (dB) the request's `loudness` applied (`X-Loudness-Gain-dB`); None when it asked for none.
+    loudness_gain_db: float | None = None
     others: tuple[GenerationResult, ...] = ()  # with num_outputs > 1: the takes after this one, in seed order
 
     @property
@@ -338,6 +343,7 @@ def _result_from_audio(response: httpx.Response, job_id: str | None, timings: di
         num_samples=int(h["x-num-samples"]),
         job_id=job_id,
         timings=timings,
+        loudness_gain_db=float(h["x-loudness-gain-db"]) if "x-loudness-gain-db" in h else None,
     )
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from . import audio as audio_io
+from . import loudness as loudness_io
 from .adapters.files import MAX_FILTER_EXPANSION, LayerFilterError, check_layer_filter
 from .limits import (
     DEFAULT_OVERLAP_S,
@@ -22,8 +23,10 @@ from .limits import (
     MAX_LORA_LAYER_FILTERS,
     MAX_LORA_STRENGTH,
     MAX_LORAS_PER_REQUEST,
+    MAX_LOUDNESS_LUFS,
     MAX_OUTPUTS,
     MAX_SEED,
+    MIN_LOUDNESS_LUFS,
 )
 from .models.base import AudioModel, Bound, GenerationParams, LoraRef
 
@@ -88,6 +91,8 @@ class RequestLike(Protocol):
     def format(self) -> str: ...
     @property
     def client_job_id(self) -> str | None: ...
+    @property
+    def loudness(self) -> str | float | None: ...
     @property
     def num_outputs(self) -> int | None: ...
     @property
@@ -214,6 +219,7 @@ def check_request(req: RequestLike, model: AudioModel, settings: Settings, longf
             )
 
     loras = check_loras(req, model)
+    level = check_loudness(req.loudness, chain is not None)
     outputs = check_outputs(req, chain is not None)
     return {
         "prompt": req.prompt,
@@ -225,10 +231,25 @@ def check_request(req: RequestLike, model: AudioModel, settings: Settings, longf
         "init_noise_level": level,
         "apg_scale": apg,
         "loras": loras,
+        "loudness": level,
         "num_outputs": outputs,
         "window_s": chain[0] if chain else None,
         "overlap_s": chain[1] if chain else None,
     }
+
+
+def check_loudness(value: str | float | None, longform: bool) -> loudness_io.LoudnessTarget | None:
+    """`loudness`: "none" (None: the audio as the model made it), "peak" or a LUFS target. Long-form audio is
+    encoded window by window as it is made, and an integrated loudness needs the whole clip first: refused there."""
+    try:
+        target = loudness_io.parse(value)
+    except ValueError as exc:
+        raise RequestError("loudness", str(exc)) from None
+    if target is not None and longform:
+        raise RequestError(
+            "loudness", "not with long-form audio: it is encoded window by window, and a level needs the whole clip"
+        )
+    return target
 
 
 def check_outputs(req: RequestLike, longform: bool) -> int:
@@ -401,6 +422,7 @@ def request_fields(model: AudioModel, settings: Settings) -> dict[str, Any]:
         "num_outputs": {"default": 1, "minimum": 1, "maximum": MAX_OUTPUTS},
         "longform": _longform_fields(model, settings) if caps.inpainting else None,
         "format": {"default": "wav", "choices": list(audio_io.FORMATS)},
+        "loudness": loudness_fields(),
         "prompt": {"max_length": settings.max_prompt_chars},
     }
 
@@ -413,6 +435,20 @@ def _longform_fields(model: AudioModel, settings: Settings) -> dict[str, Any]:
         "window_s": {"default": longest, "minimum": float(model.limits.duration.minimum), "maximum": longest},
         "overlap_s": {"default": f"min({DEFAULT_OVERLAP_S:g}, window_s / 4)", "maximum": "window_s / 2"},
         "max_windows": MAX_LONGFORM_WINDOWS,
+    }
+
+
+def loudness_fields() -> dict[str, Any]:
+    """`loudness`'s choices and bounds (`GET /models`): the same for every model (it acts on the finished clip)."""
+    return {
+        "default": "none",
+        "choices": list(loudness_io.MODES),
+        "minimum": MIN_LOUDNESS_LUFS,
+        "maximum": MAX_LOUDNESS_LUFS,
+        "unit": "LUFS",
+        "peak_dbfs": loudness_io.PEAK_TARGET_DBFS,
+        "true_peak_ceiling_dbtp": loudness_io.TRUE_PEAK_CEILING_DBTP,
+        "long_form": False,
     }
 
 

@@ -63,6 +63,8 @@ RETRY_AFTER_S = "5"
 DISCONNECT_POLL_S = 0.5
 SSE_KEEPALIVE_S = 15.0
 AUDIO_MEDIA = {media: fmt for fmt, media in MEDIA_TYPES.items()} | {"audio/x-wav": "wav", "audio/mp3": "mp3"}
+# The gain the request's `loudness` applied to the file, dB (absent for "none").
+LOUDNESS_HEADER = "X-Loudness-Gain-dB"
 # A result above this many bytes is base64-encoded and serialised in a worker thread, not on the event loop.
 BIG_PAYLOAD_BYTES = 256 * 1024
 
@@ -179,7 +181,14 @@ async def _ticks(events: AsyncIterator[JobEvent], period_s: float) -> AsyncItera
 
 def _meta(info: JobInfo) -> ResponseMetadata:
     loras = [{"name": r.name, "strength": r.strength} for r in info.loras] or None
-    return ResponseMetadata(client_job_id=info.client_job_id, trace_id=info.trace_id, span_id=info.span_id, loras=loras)
+    levels = info.result.loudness if info.result is not None else ()
+    return ResponseMetadata(
+        client_job_id=info.client_job_id,
+        trace_id=info.trace_id,
+        span_id=info.span_id,
+        loras=loras,
+        loudness=levels[0].as_dict() if levels else None,
+    )
 
 
 def _result(audio: JobAudio) -> StableAudioResponse:
@@ -280,6 +289,8 @@ def audio_response(audio: JobAudio, index: int = 0) -> Response:
     }
     if res.takes > 1:
         headers["X-Take"] = f"{index}/{res.takes}"
+    if len(res.loudness) > index:
+        headers[LOUDNESS_HEADER] = f"{res.loudness[index].gain_db:.2f}"
     for header, value in (
         ("X-Client-Job-Id", info.client_job_id),
         ("X-Trace-Id", info.trace_id),

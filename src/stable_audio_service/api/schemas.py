@@ -13,9 +13,13 @@ from ..limits import (
     MAX_LORA_LAYER_FILTERS,
     MAX_LORA_STRENGTH,
     MAX_LORAS_PER_REQUEST,
+    MAX_LOUDNESS_LUFS,
     MAX_OUTPUTS,
     MAX_SEED,
+    MIN_LOUDNESS_LUFS,
 )
+from ..loudness import PEAK_TARGET_DBFS, TRUE_PEAK_CEILING_DBTP
+from ..loudness import parse as parse_loudness
 
 CLIENT_JOB_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,256}$"
 CLIENT_JOB_ID_RE = re.compile(CLIENT_JOB_ID_PATTERN)
@@ -78,6 +82,18 @@ class LoraRequest(BaseModel):
 class AppliedLora(BaseModel):
     name: str
     strength: float
+
+
+class AppliedLoudness(BaseModel):
+    mode: Literal["peak", "lufs"]
+    target: float = Field(..., description="LUFS (lufs), or the sample peak in dBFS (peak).")
+    gain_db: float = Field(..., description="The gain applied to the whole clip, dB (also `X-Loudness-Gain-dB`).")
+    measured_lufs: float | None = Field(None, description="The clip's integrated loudness as generated.")
+    output_lufs: float | None = Field(None, description="The result's integrated loudness.")
+    true_peak_dbtp: float | None = Field(None, description="The result's true peak (4x oversampled), dBTP.")
+    ceiling_dbtp: float = Field(..., description="The true peak a LUFS target's gain never passes.")
+    limited: bool = Field(..., description="The ceiling capped the gain: the LUFS target was not reached.")
+    note: str | None = Field(None, description="Why the gain is not simply the target's (limited, silent, short).")
 
 
 class InpaintRegion(BaseModel):
@@ -194,6 +210,26 @@ class StableAudioRequest(BaseModel):
     inpaint_regions: list[InpaintRegion] | None = Field(
         None, max_length=MAX_INPAINT_REGIONS, description="Regions of the output to regenerate, in seconds."
     )
+    loudness: Literal["none", "peak"] | Annotated[float, Field(ge=MIN_LOUDNESS_LUFS, le=MAX_LOUDNESS_LUFS)] = Field(
+        "none",
+        description='The level of the result: "none" (default) leaves it as the model made it; "peak" scales it to '
+        f"a {PEAK_TARGET_DBFS:g} dBFS sample peak; a number is a target integrated loudness in LUFS (ITU-R BS.1770, "
+        f"{MIN_LOUDNESS_LUFS:g} to {MAX_LOUDNESS_LUFS:g}, e.g. -14), reached by one gain over the whole clip unless "
+        f"that would lift the true peak above {TRUE_PEAK_CEILING_DBTP:g} dBTP: the gain stops there and "
+        "`meta.loudness.limited` says so. The gain applied: `meta.loudness`, and the `X-Loudness-Gain-dB` header. "
+        "Not with long-form audio.",
+    )
+
+    @field_validator("loudness", mode="before")
+    @classmethod
+    def _loudness(cls, v: object) -> object:
+        """One error naming the field, whatever is wrong ("none", "peak" or a number; numeric strings too)."""
+        if v is None:
+            return "none"
+        if not isinstance(v, str | int | float):
+            raise ValueError('must be "none", "peak" or a number of LUFS')
+        target = parse_loudness(v)
+        return "none" if target is None else target.mode if target.mode == "peak" else target.target
 
     @field_validator("prompt")
     @classmethod
@@ -213,6 +249,9 @@ class ResponseMetadata(BaseModel):
     trace_id: str | None = Field(None, description="32 hex digits: the request span's trace.")
     span_id: str | None = Field(None, description="16 hex digits: the request span.")
     loras: list[AppliedLora] | None = Field(None, description="The LoRA adapters applied, in order (Stable Audio 3).")
+    loudness: AppliedLoudness | None = Field(
+        None, description="What the request's `loudness` did (the first take's); absent for \"none\"."
+    )
 
 
 class Timings(BaseModel):
@@ -221,6 +260,7 @@ class Timings(BaseModel):
     denoise_s: float | None = None
     decode_s: float | None = None
     audio_encode_s: float | None = None
+    loudness_s: float | None = None
     total_s: float | None = None
 
 

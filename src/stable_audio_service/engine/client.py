@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from ..loudness import LoudnessReport
 from ..models.base import Capabilities, GenerationParams, LoraRef, ModelLimits
 from .events import eta
 from .jobs import TERMINAL, Job, JobStatus
@@ -40,6 +41,7 @@ class ResultInfo:
     num_samples: int
     bytes: int  # every take's
     takes: int = 1  # `num_outputs`: files from seeds seed, seed + 1, ... (`JobAudio.take(i)`)
+    loudness: tuple[LoudnessReport, ...] = ()  # per take, when the request asked for a loudness target
 
     @property
     def duration(self) -> float:
@@ -110,6 +112,7 @@ class JobInfo:
                 res.num_samples,
                 res.bytes,
                 takes=len(res.takes),
+                loudness=res.loudness,
             ),
         )
 

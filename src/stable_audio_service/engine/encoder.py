@@ -12,10 +12,14 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .. import audio as audio_io
+from .. import loudness as loudness_io
 from .jobs import Job, JobResult
+
+if TYPE_CHECKING:
+    from ..loudness import LoudnessReport
 
 
 class ClipEncoder:
@@ -64,10 +68,11 @@ class ClipEncoder:
         """Encoder thread: the clip to its audio format, then the job's end. Never raises."""
         try:
             clips = samples if isinstance(samples, list) else [samples]
+            clips, levels = _levelled(job, clips, sample_rate)
             data = [audio_io.encode(clip, sample_rate, job.format) for clip in clips]
             job.phase("audio_encode", t_decoded_ns, time.time_ns(), format=job.format)
             channels, frames = clips[0].shape
-            result = JobResult(data[0], job.format, sample_rate, channels, frames, tuple(data[1:]))
+            result = JobResult(data[0], job.format, sample_rate, channels, frames, tuple(data[1:]), loudness=levels)
             del samples, clips
             self._done(job, result)
         except Exception as exc:
@@ -81,3 +86,15 @@ class ClipEncoder:
             if job in self.jobs:
                 self.jobs.remove(job)
             self._cond.notify_all()
+
+
+def _levelled(job: Job, clips: list[Any], sample_rate: int) -> tuple[list[Any], tuple[LoudnessReport, ...]]:
+    """The request's loudness target applied to each take, after the model cut it to length and before integer
+    encoding (here, off the worker thread: measuring a long clip takes a while), and what was done to each."""
+    target = job.params.loudness
+    if target is None:
+        return clips, ()
+    t0 = time.time_ns()
+    levelled = [loudness_io.normalise(clip, sample_rate, target) for clip in clips]
+    job.phase("loudness", t0, time.time_ns(), mode=target.mode)
+    return [clip for clip, _ in levelled], tuple(report for _, report in levelled)

@@ -13,10 +13,13 @@ import dataclasses
 import time
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .. import audio as audio_io
 from ..models.base import GenerationParams
+
+if TYPE_CHECKING:
+    from ..loudness import LoudnessReport
 
 WORKER_LOST = "the generation worker stopped unexpectedly; the service is restarting"
 
@@ -105,6 +108,7 @@ class JobResult:
     channels: int
     num_samples: int
     more: tuple[bytes, ...] = ()  # the other takes' files, in seed order (`num_outputs` > 1)
+    loudness: tuple[LoudnessReport, ...] = ()  # what the request's loudness target did to each take (in order)
 
     @property
     def takes(self) -> tuple[bytes, ...]:

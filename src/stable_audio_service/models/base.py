@@ -23,6 +23,7 @@ from .common import GenerationError, InvalidRequest  # noqa: F401
 
 if TYPE_CHECKING:
     from ..adapters import Adapters
+    from ..loudness import LoudnessTarget
 
 
 @dataclass(frozen=True)
@@ -101,6 +102,9 @@ class GenerationParams:
     # `window_s` seconds, each continuing the last `overlap_s` seconds of the one before (engine/longform.py).
     window_s: float | None = None
     overlap_s: float | None = None
+    # Loudness of the result (loudness.py), applied after the model's clip is cut to length: None leaves the audio
+    # exactly as the model made it. Post-processing only, so no family reads it and it is no part of a batch key.
+    loudness: LoudnessTarget | None = None
 
     def drop_uploads(self) -> None:
         """Free the uploaded audio once the model has encoded it (it may be minutes of float32)."""
