@@ -15,6 +15,7 @@ import { wireModes } from "./modes.js";
 import { wireSource } from "./source.js";
 import { wireRecording } from "./record.js";
 import { saved } from "./history.js";
+import { wireLoudness } from "./loudness.js";
 
 // Canvases are drawn at their displayed size: a resize redraws both panels' pictures.
 function drawAll() {
@@ -50,6 +51,7 @@ function init() {
   wireRecording();
   wireRegions();
   wirePlayer();
+  wireLoudness();
   saved.render();
   loadModels();
 }

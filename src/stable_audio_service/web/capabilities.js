@@ -8,6 +8,7 @@ import { showApiError, showError } from "./messages.js";
 import { setMode, showStrength } from "./modes.js";
 import { saved } from "./history.js";
 import { loras } from "./loras.js";
+import { applyLoudness } from "./loudness.js";
 
 const MODES = ["text", "a2a", "inpaint"];
 
@@ -45,6 +46,7 @@ function applyModel(m) {
   $("model-line").textContent =
     `Model ${m.name} (${m.family}) on ${m.device}/${m.dtype} · ${m.sample_rate / 1000} kHz ${ch}`;
   applyCapabilities(m);
+  applyLoudness();
   $("generate").disabled = !!state.job;
   document.body.dataset.ready = "1";
 }

@@ -4,9 +4,10 @@
 import { $ } from "./util.js";
 import { state } from "./state.js";
 import { loras } from "./loras.js";
+import { loudnessBody } from "./loudness.js";
 
 const NUMERIC = ["duration", "num_inference_steps", "guidance_scale", "seed"];
-export const FIELDS = ["prompt", "negative_prompt", ...NUMERIC, "format"];
+export const FIELDS = ["prompt", "negative_prompt", ...NUMERIC, "format", "loudness"];
 
 export function randomSeed() {
   const max = state.models ? state.models.fields.seed.maximum : 2 ** 32 - 1;
@@ -31,6 +32,8 @@ export function readForm() {
     body[name] = Number(input.value);
   }
   body.format = $("format").value;
+  const level = loudnessBody();
+  if (level !== undefined) body.loudness = level;
   const adapters = loras.body();
   if (adapters) body.loras = adapters;
   return { body, bad };

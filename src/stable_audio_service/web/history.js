@@ -9,6 +9,7 @@ import { drawSource, renderRegions } from "./regions.js";
 import { setSource, useAsSource } from "./source.js";
 import { editText, showResult } from "./player.js";
 import { loras, lorasText } from "./loras.js";
+import { restoreLoudness } from "./loudness.js";
 import { clearFieldErrors } from "./messages.js";
 
 const HISTORY_MAX = 8;
@@ -163,6 +164,7 @@ function reuse(e) {
   $("seed").value = e.seed;
   $("format").value = e.format;
   loras.restore(e.loras || []);
+  restoreLoudness(e.loudness ?? null);
   if (e.edit && state.caps && (e.edit.mode === "a2a" ? state.caps.audioToAudio : state.caps.inpainting)) {
     // an edit comes back with its source, strength and regions
     setMode(e.edit.mode);

@@ -7,6 +7,7 @@ import { api, apiBytes, streamEvents } from "./api.js";
 import { clearFieldErrors, showApiError, showError, showProblems } from "./messages.js";
 import { readForm } from "./form.js";
 import { checkForm } from "./checks.js";
+import { checkLoudness } from "./loudness.js";
 import { loras } from "./loras.js";
 import { bodyWithAudio, sourceBase64 } from "./source.js";
 import { showRegionsError } from "./regions.js";
@@ -59,7 +60,7 @@ export async function generate(ev) {
   showError("");
   const { body, bad } = readForm();
   // checked here first (the prompt, GET /models' ranges, the adapters' controls): nothing is sent until it is right
-  const problems = checkForm(body, bad);
+  const problems = [...checkForm(body, bad), ...checkLoudness(body)];
   const adapterProblems = loras.check();
   if (problems.length || adapterProblems.length) {
     showProblems(problems, adapterProblems);
@@ -236,6 +237,8 @@ async function onTerminal(job, last, body, edit) {
     blob: new Blob([bytes], { type: MIME[r.format] || "application/octet-stream" }),
     // the adapters as requested, with every control (meta.loras confirms the names and strengths applied)
     loras: appliedLoras(body.loras, view.meta && view.meta.loras),
+    loudness: body.loudness ?? null, // as asked; `level` is what the service did (meta.loudness)
+    level: (view.meta && view.meta.loudness) || null,
     edit: edit
       ? {
           mode: edit.mode,

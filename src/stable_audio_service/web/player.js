@@ -6,6 +6,7 @@ import { state } from "./state.js";
 import { channelsOf, decodeBlob, monoOf } from "./audio.js";
 import { clearCanvas, drawSpectrogram, drawWaveform } from "./draw.js";
 import { lorasText } from "./loras.js";
+import { loudnessText } from "./loudness.js";
 
 // What the result panel shows, kept for the A/B switch and for redraws.
 const panel = {
@@ -96,6 +97,7 @@ export async function showResult(entry) {
   if (entry.loras && entry.loras.length) fact(dl, "LoRA", lorasText(entry.loras));
   if (entry.negative_prompt) fact(dl, "Negative prompt", entry.negative_prompt);
   fact(dl, "Audio", `${entry.format.toUpperCase()} · ${entry.sample_rate} Hz · ${entry.channels} ch`);
+  if (entry.level) fact(dl, "Loudness", loudnessText(entry.level));
   fact(dl, "Timings", timingsText(entry.timings));
   const zones = entry.edit ? resultZones(entry) : [];
   const caption = $("waveform-caption");
