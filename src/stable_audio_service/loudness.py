@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
+import pyloudnorm
+from scipy.signal import resample_poly
 
 from .limits import MAX_LOUDNESS_LUFS, MIN_LOUDNESS_LUFS
 
@@ -113,8 +115,6 @@ def _db(linear: float) -> float:
 def true_peak(audio: np.ndarray) -> float:
     """The largest absolute value of `audio` (channels, samples) oversampled `OVERSAMPLE` times (linear; at
     least the sample peak)."""
-    from scipy.signal import resample_poly
-
     peak = float(np.abs(audio).max()) if audio.size else 0.0
     for row in audio:
         n = row.shape[0]
@@ -135,8 +135,6 @@ def integrated_lufs(audio: np.ndarray, sample_rate: int) -> float | None:
 
 def _measure(audio: np.ndarray, sample_rate: int) -> tuple[float | None, np.ndarray]:
     """The integrated loudness and each gating block's loudness (LUFS)."""
-    import pyloudnorm
-
     if audio.shape[-1] < math.ceil(BLOCK_S * sample_rate) or not 1 <= audio.shape[0] <= 5:
         return None, np.zeros(0)
     meter = pyloudnorm.Meter(sample_rate, block_size=BLOCK_S)

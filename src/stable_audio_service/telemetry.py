@@ -51,6 +51,7 @@ PHASE_SPANS = {
     "denoise": "denoising",
     "decode": "decoding",
     "audio_encode": "audio encoding",
+    "loudness": "loudness normalisation",
 }
 GENERATE_SPAN = "generate"
 PROMPT_CHARS = 100
