@@ -267,3 +267,15 @@ def test_the_cli_passes_it_here_and_to_a_server(tiny_dir, live, tmp_path):
     assert 20 * np.log10(np.abs(audio).max()) == pytest.approx(-1.0, abs=0.01) and "loudness: gain" in remote.output
     bad = runner.invoke(app, ["generate", "x", "-o", str(tmp_path / "c.wav"), "--server", live.url, "--loudness", "x"])
     assert bad.exit_code != 0 and "loudness" in bad.output and not (tmp_path / "c.wav").exists()
+
+
+def test_each_take_is_levelled_on_its_own(local_client):
+    job = local_client.post("/jobs", json={**BODY, "loudness": -20, "num_outputs": 2}).json()
+    with local_client.stream("GET", f"/jobs/{job['id']}/events") as events:
+        for _ in events.iter_lines():
+            pass
+    for index in (0, 1):
+        audio = local_client.get(f"/jobs/{job['id']}/audio", params={"index": index})
+        assert audio.status_code == 200 and "x-loudness-gain-db" in audio.headers
+        decoded, sr = decode(audio.content)
+        assert abs(lufs(decoded, sr) + 20) <= TOLERANCE_LU
