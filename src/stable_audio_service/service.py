@@ -219,7 +219,7 @@ def check_request(req: RequestLike, model: AudioModel, settings: Settings, longf
             )
 
     loras = check_loras(req, model)
-    level = check_loudness(req.loudness, chain is not None)
+    loudness = check_loudness(req.loudness, chain is not None)
     outputs = check_outputs(req, chain is not None)
     return {
         "prompt": req.prompt,
@@ -231,7 +231,7 @@ def check_request(req: RequestLike, model: AudioModel, settings: Settings, longf
         "init_noise_level": level,
         "apg_scale": apg,
         "loras": loras,
-        "loudness": level,
+        "loudness": loudness,
         "num_outputs": outputs,
         "window_s": chain[0] if chain else None,
         "overlap_s": chain[1] if chain else None,
