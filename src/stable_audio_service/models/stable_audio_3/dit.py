@@ -71,19 +71,31 @@ class RotaryEmbedding(nn.Module):
         return torch.cat((freqs, freqs), dim=-1)
 
 
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    x1, x2 = x.unflatten(-1, (2, -1)).unbind(dim=-2)
-    return torch.cat((-x2, x1), dim=-1)
+def rotary_tables(freqs: torch.Tensor, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin (float32) of the last `seq_len` rows of `RotaryEmbedding`'s frequencies, one half of them: the
+    frequencies are the same half twice, so one half holds every value. Computed once per forward and shared by
+    every layer's q and k (each layer computing them again gives the same numbers)."""
+    half = freqs.float()[-seq_len:, : freqs.shape[-1] // 2]
+    return half.cos(), half.sin()
 
 
-def apply_rotary(t: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
-    out_dtype = t.dtype
-    rot_dim, seq_len = freqs.shape[-1], t.shape[-2]
-    freqs, t = freqs.float(), t.float()
-    freqs = freqs[-seq_len:, :]
-    t, t_pass = t[..., :rot_dim], t[..., rot_dim:]
-    t = (t * freqs.cos()) + (_rotate_half(t) * freqs.sin())
-    return torch.cat((t.to(out_dtype), t_pass.to(out_dtype)), dim=-1)
+def apply_rotary(
+    t: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, out: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Stability's `apply_rotary_pos_emb` on (b, h, n, d): the first `2 * cos.shape[-1]` channels rotated in float32
+    and rounded once to `t`'s dtype, the rest passed through; written into `out` when given (any layout).
+
+    The same numbers as Stability's form `t * cos + rotate_half(t) * sin` on `t.float()`, in fewer and smaller
+    passes: with x1, x2 the two rotated halves, that form is `x1 * c + (-x2) * s` (exactly `x1 * c - x2 * s`) and
+    `x2 * c + x1 * s`, and the pass-through channels go float32 and back unchanged (an exact round trip)."""
+    half = cos.shape[-1]
+    if out is None:
+        out = torch.empty_like(t)
+    x1, x2 = t[..., :half].float(), t[..., half : 2 * half].float()
+    out[..., :half] = x1 * cos - x2 * sin
+    out[..., half : 2 * half] = x2 * cos + x1 * sin
+    out[..., 2 * half :] = t[..., 2 * half :]
+    return out
 
 
 def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:
@@ -125,53 +137,73 @@ class Attention(nn.Module):
     def _attend(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, value_mask: torch.Tensor | None
     ) -> torch.Tensor:
+        """`value_mask`: (b, 1, n, 1) in `v`'s dtype, 1 on valid frames (`ContinuousTransformer.forward`)."""
         if self.num_heads != self.kv_heads:
             repeat = self.num_heads // self.kv_heads
             k, v = k.repeat_interleave(repeat, dim=1), v.repeat_interleave(repeat, dim=1)
         if value_mask is not None:
             # The official non-flash path: padded frames contribute nothing, their keys stay in the softmax.
-            v = v * value_mask.unsqueeze(1).unsqueeze(-1).to(v.dtype)
+            v = v * value_mask
         return F.scaled_dot_product_attention(q, k, v, is_causal=False)
+
+    def context_kv(self, context: torch.Tensor) -> torch.Tensor:
+        """Cross-attention keys and values of `context` as the attention takes them: (b, 2, kv_heads, n, d) holding
+        the normalised keys and the values ((b, 3, ...): keys, differential keys, values). The same numbers at every
+        step of a request, so a request computes them once (`DiffusionTransformer.cross_kv`); the forward computes
+        them here when none are given, so both paths run the same operations."""
+        kv_h = self.kv_heads
+        kv = self.to_kv(context)
+        if self.differential:
+            k, k_diff, v = kv.chunk(3, dim=-1)
+            k = torch.stack([_heads(k, kv_h), _heads(k_diff, kv_h)], dim=1)
+        else:
+            k, v = kv.chunk(2, dim=-1)
+            k = _heads(k, kv_h)
+        if self.qk_norm == "rms":
+            k = self.k_norm(k).to(k.dtype)
+        v = _heads(v, kv_h).unsqueeze(1)
+        return torch.cat([k if self.differential else k.unsqueeze(1), v], dim=1)
 
     def forward(
         self,
         x: torch.Tensor,
         context: torch.Tensor | None = None,
-        rotary: torch.Tensor | None = None,
+        rotary: tuple[torch.Tensor, torch.Tensor] | None = None,
         value_mask: torch.Tensor | None = None,
         kv: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """`kv`: `to_kv(context)` computed earlier (for speed: a request's context is the same at every step, so its
+        """`rotary`: `rotary_tables` of the sequence; `value_mask`: (b, 1, n, 1) in the weights' dtype; `kv`:
+        `context_kv(context)` computed earlier (for speed: a request's context is the same at every step, so its
         cross-attention keys and values are computed once; `context` is then not read)."""
-        h, kv_h = self.num_heads, self.kv_heads
+        h = self.num_heads
         if self.cross:
             if kv is None:
                 assert context is not None
-                kv = self.to_kv(context)
+                kv = self.context_kv(context)
+            k, v = (kv[:, :2], kv[:, 2]) if self.differential else (kv[:, 0], kv[:, 1])
             if self.differential:
                 q, q_diff = self.to_q(x).chunk(2, dim=-1)
                 q = torch.stack([_heads(q, h), _heads(q_diff, h)], dim=1)
-                k, k_diff, v = kv.chunk(3, dim=-1)
-                k = torch.stack([_heads(k, kv_h), _heads(k_diff, kv_h)], dim=1)
-                v = _heads(v, kv_h)
             else:
                 q = _heads(self.to_q(x), h)
-                k, v = kv.chunk(2, dim=-1)
-                k, v = _heads(k, kv_h), _heads(v, kv_h)
-        elif self.differential:
-            q, k, v, q_diff, k_diff = (_heads(p, h) for p in self.to_qkv(x).chunk(5, dim=-1))
-            q = torch.stack([q, q_diff], dim=1)
-            k = torch.stack([k, k_diff], dim=1)
+            if self.qk_norm == "rms":
+                q = self.q_norm(q).to(q.dtype)
         else:
-            q, k, v = (_heads(p, h) for p in self.to_qkv(x).chunk(3, dim=-1))
-        if self.qk_norm == "rms":
-            q = self.q_norm(q).to(q.dtype)
-            k = self.k_norm(k).to(k.dtype)
+            if self.differential:
+                q, k, v, q_diff, k_diff = (_heads(p, h) for p in self.to_qkv(x).chunk(5, dim=-1))
+                q = torch.stack([q, q_diff], dim=1)
+                k = torch.stack([k, k_diff], dim=1)
+            else:
+                q, k, v = (_heads(p, h) for p in self.to_qkv(x).chunk(3, dim=-1))
+            if self.qk_norm == "rms":
+                q = self.q_norm(q).to(q.dtype)
+                k = self.k_norm(k).to(k.dtype)
         if rotary is not None:
-            freqs = rotary.float()
-            # Stability's code scales the key frequencies by len(q) / len(k), which is 1 in self-attention.
-            q = apply_rotary(q.float(), freqs).to(v.dtype)
-            k = apply_rotary(k.float(), 1.0 * freqs).to(v.dtype)
+            # Stability's code scales the key frequencies by len(q) / len(k), which is 1 in self-attention. Rotated
+            # into buffers laid out (b, n, heads, d), so the attention's output is already in the (b, n, h*d) order
+            # `to_out` reads (the CPU kernels write their output in the query's layout): no copy before `to_out`.
+            q = apply_rotary(q, *rotary, out=_sequence_major(q))
+            k = apply_rotary(k, *rotary, out=_sequence_major(k))
         if self.differential:
             q, q_diff = q.unbind(dim=1)
             k, k_diff = k.unbind(dim=1)
@@ -182,6 +214,43 @@ class Attention(nn.Module):
         return self.to_out(out.transpose(1, 2).reshape(b, n, -1))
 
 
+def _sequence_major(t: torch.Tensor) -> torch.Tensor:
+    """An empty tensor shaped like `t` (..., n, d) whose memory is ordered (b, n, ..., d)."""
+    shape = (t.shape[0], t.shape[-2], *t.shape[1:-2], t.shape[-1])
+    return torch.empty(shape, dtype=t.dtype, device=t.device).movedim(1, -2)
+
+
+def _bias_fused_ok() -> bool:
+    """oneDNN's linear with the bias as a post-op is in this torch, and bfloat16 matmuls go through oneDNN."""
+    try:
+        return torch.backends.mkldnn.is_available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+_BIAS_FUSED = _bias_fused_ok()
+
+
+def _linear(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """`layer(x)`, for the feed-forward's biased Linears. On the CPU in bfloat16, `F.linear` copies the bias into
+    the (tokens x 8192) output before oneDNN's matmul adds the product to it; oneDNN's own linear adds the bias as
+    a post-op, bitwise the same numbers (measured: bench/bench_sa3_bf16_step.py), without that pass. Only for a
+    plain, unhooked `nn.Linear` (LoRA hooks, int8 and compile keep the module call) and a contiguous input (a
+    strided one takes another oneDNN path)."""
+    if (
+        _BIAS_FUSED
+        and x.dtype == torch.bfloat16
+        and x.device.type == "cpu"
+        and type(layer) is nn.Linear
+        and layer.bias is not None
+        and x.is_contiguous()
+        and not (layer._forward_hooks or layer._forward_pre_hooks)
+        and not torch.compiler.is_compiling()
+    ):
+        return torch.ops.mkldnn._linear_pointwise(x, layer.weight, layer.bias, "none", [], "")
+    return layer(x)
+
+
 class GLU(nn.Module):
     def __init__(self, dim_in: int, dim_out: int) -> None:
         super().__init__()
@@ -189,7 +258,7 @@ class GLU(nn.Module):
         self.act = nn.SiLU()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x, gate = self.proj(x).chunk(2, dim=-1)
+        x, gate = _linear(self.proj, x).chunk(2, dim=-1)
         return x * self.act(gate)
 
 
@@ -202,7 +271,7 @@ class FeedForward(nn.Module):
         self.ff = nn.Sequential(GLU(dim, inner), nn.Identity(), nn.Linear(inner, dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.ff(x)
+        return _linear(self.ff[2], self.ff[0](x))  # ff[1] is the identity
 
 
 class TransformerBlock(nn.Module):
@@ -232,14 +301,15 @@ class TransformerBlock(nn.Module):
         x: torch.Tensor,
         context: torch.Tensor,
         global_cond: torch.Tensor,
-        rotary: torch.Tensor,
+        rotary: tuple[torch.Tensor, torch.Tensor],
         value_mask: torch.Tensor | None,
         local_add_cond: torch.Tensor | None,
         context_kv: torch.Tensor | None = None,
         local_embed: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """`local_embed`: `to_local_embed(local_add_cond)` computed earlier (for speed: the same at every step of a
-        request); `local_add_cond` is then not read."""
+        request), already padded to the memory tokens or not; `local_add_cond` is then not read. `rotary`:
+        `rotary_tables` of the sequence; `value_mask`: (b, 1, n, 1) in the weights' dtype."""
         scale_self, shift_self, gate_self, scale_ff, shift_ff, gate_ff = (
             (self.to_scale_shift_gate + global_cond).unsqueeze(1).chunk(6, dim=-1)
         )
@@ -253,8 +323,9 @@ class TransformerBlock(nn.Module):
         if local_embed is None and local_add_cond is not None and self.to_local_embed is not None:
             local_embed = self.to_local_embed(local_add_cond)
         if local_embed is not None:
-            # zeros on the memory tokens in front (Stability's `_left_pad_to_match`)
-            x = x + F.pad(local_embed, (0, 0, x.shape[-2] - local_embed.shape[-2], 0), value=0.0)
+            if local_embed.shape[-2] != x.shape[-2]:  # zeros on the memory tokens in front (`_left_pad_to_match`)
+                local_embed = F.pad(local_embed, (0, 0, x.shape[-2] - local_embed.shape[-2], 0), value=0.0)
+            x = x + local_embed
         residual = x
         x = self.ff_norm(x)
         x = x * (1 + scale_ff) + shift_ff
@@ -287,17 +358,19 @@ class ContinuousTransformer(nn.Module):
         local_embeds: list[torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """`global_cond` is already through `global_cond_embedder` (the caller runs it per request); `context_kv`:
-        each layer's cross-attention `to_kv(context)`, computed earlier (`DiffusionTransformer.cross_kv`);
-        `local_embeds`: each layer's `to_local_embed(local_add_cond)` (`DiffusionTransformer.local_embeds`)."""
+        each layer's cross-attention keys and values (`Attention.context_kv`), computed earlier
+        (`DiffusionTransformer.cross_kv`); `local_embeds`: each layer's `to_local_embed(local_add_cond)`
+        (`DiffusionTransformer.local_embeds`)."""
         batch = x.shape[0]
         x = self.project_in(x)
         if self.num_memory_tokens:
             x = torch.cat((self.memory_tokens.expand(batch, -1, -1), x), dim=1)
-        rotary = self.rotary_pos_emb(x.shape[1])
+        # Once per forward, the same for every layer: the rotary cos/sin and the value mask in the weights' dtype.
+        rotary = rotary_tables(self.rotary_pos_emb(x.shape[1]), x.shape[1])
         value_mask = None
         if padding_mask is not None:
             memory_valid = torch.ones(batch, self.num_memory_tokens, device=x.device, dtype=torch.bool)
-            value_mask = torch.cat([memory_valid, padding_mask], dim=-1)
+            value_mask = torch.cat([memory_valid, padding_mask], dim=-1).to(x.dtype)[:, None, :, None]
         for i, layer in enumerate(self.layers):
             kv = None if context_kv is None else context_kv[i]
             local = None if local_embeds is None else local_embeds[i]
@@ -399,17 +472,19 @@ class DiffusionTransformer(nn.Module):
         return self.postprocess_conv(out) + out
 
     def cross_kv(self, context: torch.Tensor, adapters: RowPlans | None = None) -> list[torch.Tensor]:
-        """Every layer's cross-attention keys and values (`to_kv` of the projected context) for these rows: the
-        same numbers `forward` computes from `context` (with the same `adapters`), which stays the same at every
-        step of a request."""
+        """Every layer's cross-attention keys and values (`Attention.context_kv` of the projected context: `to_kv`,
+        the key norm, heads) for these rows: the same numbers `forward` computes from `context` (with the same
+        `adapters`), which stay the same at every step of a request."""
         with applied(adapters):
             context = self.to_cond_embed(context.to(self.preprocess_conv.weight.dtype))
-            return [layer.cross_attn.to_kv(context) for layer in self.transformer.layers]
+            return [layer.cross_attn.context_kv(context) for layer in self.transformer.layers]
 
     def local_embeds(self, local_add_cond: torch.Tensor, adapters: RowPlans | None = None) -> list[torch.Tensor]:
         """Every layer's `to_local_embed` of these rows' local (inpainting) conditioning (B, C+1, L): the same
-        numbers `forward` computes from it, which stays the same at every step of a request. Only for a DiT
-        with local conditioning (`cfg.local_add_cond_dim`: then every block has `to_local_embed`)."""
+        numbers `forward` computes from it, which stays the same at every step of a request, already padded with
+        the zeros the forward adds on the memory tokens (B, memory + L, dim). Only for a DiT with local
+        conditioning (`cfg.local_add_cond_dim`: then every block has `to_local_embed`)."""
+        memory = self.transformer.num_memory_tokens
         with applied(adapters):
             cond = local_add_cond.to(self.preprocess_conv.weight.dtype).transpose(1, 2)
-            return [layer.to_local_embed(cond) for layer in self.transformer.layers]
+            return [F.pad(layer.to_local_embed(cond), (0, 0, memory, 0)) for layer in self.transformer.layers]

@@ -79,7 +79,8 @@ DEFAULT_DURATION_S = 10.0
 MAX_STEPS = 200
 MAX_GUIDANCE = 20.0
 # A request keeps its per-layer local-conditioning embeddings (computing them at every step costs time) when they
-# take at most this much (small: 14 MiB for a 10 s clip, up to ~60 s); longer clips recompute them instead.
+# take at most this much (small, float32: 19 MiB for a 10 s clip, up to about a minute; half that in half
+# precision); longer clips recompute them instead.
 LOCAL_EMBED_CACHE_BYTES = 64 * 1024**2
 
 
@@ -148,7 +149,8 @@ def memory_estimate(path: Path, dtype: torch.dtype, max_seconds: float) -> tuple
     audio_working = win.audio_samples * config.channels * (size + 4) * 2
     context_dim = dit.embed_dim if dit.project_cond_tokens else dit.cond_token_dim
     cross_kv = 2 * dit.depth * (config.text.max_length + 1) * 2 * context_dim * size if max_seconds > 0 else 0
-    local = dit.depth * win.latent_length * dit.embed_dim * size if config.local_add_ids and max_seconds > 0 else 0
+    local_rows = win.latent_length + dit.num_memory_tokens  # kept padded to the memory tokens (`dit.local_embeds`)
+    local = dit.depth * local_rows * dit.embed_dim * size if config.local_add_ids and max_seconds > 0 else 0
     caches = cross_kv + min(local, LOCAL_EMBED_CACHE_BYTES)
     return weights, GIB // 2 + dit_working + audio_working + caches
 
@@ -532,7 +534,8 @@ class StableAudio3Model(AudioModel[SA3State]):
             return None
         for state, plan in zip(states, plans, strict=True):
             if state.local_embeds is None or state.local_embeds_plan is not plan:
-                size = dit.depth * state.local_cond.shape[-1] * dit.embed_dim * state.local_cond.element_size()
+                rows = state.local_cond.shape[-1] + dit.num_memory_tokens  # padded to the memory tokens
+                size = dit.depth * rows * dit.embed_dim * state.local_cond.element_size()
                 if size > LOCAL_EMBED_CACHE_BYTES:
                     return None
                 state.local_embeds = self.dit.local_embeds(state.local_cond, self._rows([(0, 1, plan)]))
