@@ -13,6 +13,9 @@ It is also where time is measured: every `start`, `step` and `finish` is timed o
 the scheduler's `StepTimes`, and `snapshot()` tells a forecast which call is in progress since when. Whenever
 the queue moves, and at most every `ETA_REFRESH_S` while steps run, every queued and running job's estimate is
 refreshed (`stamp`) and queued jobs hear their place and ETA.
+
+(Long: the loop, its timing and the long-form window chaining share the worker's one thread and its state; each
+method is one phase of a step.)
 """
 
 from __future__ import annotations
