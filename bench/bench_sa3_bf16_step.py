@@ -291,6 +291,7 @@ def main(argv: list[str] | None = None) -> None:
     }
     if args.json:
         stem = "sa3_bf16_step" + (f"_rows{args.rows}" if args.rows != 1 else "") + ("_compile" if args.compile else "")
+        stem += f"_t{args.threads}" if args.threads else ""
         write_results(stem, dict(summary, machine=machine), f"{title}\n\n{table}")
     print(json.dumps(summary))
 
