@@ -310,6 +310,9 @@ def test_form_limits_and_defaults_come_from_models(live, page):
     assert page.locator("#format option").all_inner_texts() == [c.upper() for c in info["format"]["choices"]]
     assert page.locator("#format").input_value() == info["format"]["default"]
     assert page.locator("#prompt").get_attribute("maxlength") == str(info["prompt"]["max_length"])
+    # Open 1.0 cannot continue: no long-form note or windows, no long-form words beside the duration
+    assert info["longform"] is None and page.locator("#longform-box").is_hidden()
+    assert "long-form" not in page.locator("#duration-hint").inner_text()
     # the dice gives a seed within the service's bounds, keyboard-reachable
     page.get_by_role("button", name="Random seed").focus()
     page.keyboard.press("Enter")

@@ -16,6 +16,7 @@ import { wireSource } from "./source.js";
 import { wireRecording } from "./record.js";
 import { saved } from "./history.js";
 import { wireLoudness } from "./loudness.js";
+import { wireLongform } from "./longform.js";
 
 // Canvases are drawn at their displayed size: a resize redraws both panels' pictures.
 function drawAll() {
@@ -52,6 +53,7 @@ function init() {
   wireRegions();
   wirePlayer();
   wireLoudness();
+  wireLongform();
   saved.render();
   loadModels();
 }

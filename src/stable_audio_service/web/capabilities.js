@@ -9,6 +9,8 @@ import { setMode, showStrength } from "./modes.js";
 import { saved } from "./history.js";
 import { loras } from "./loras.js";
 import { applyLoudness } from "./loudness.js";
+import { applyTakes } from "./takes.js";
+import { applyLongform } from "./longform.js";
 
 const MODES = ["text", "a2a", "inpaint"];
 
@@ -47,6 +49,8 @@ function applyModel(m) {
     `Model ${m.name} (${m.family}) on ${m.device}/${m.dtype} · ${m.sample_rate / 1000} kHz ${ch}`;
   applyCapabilities(m);
   applyLoudness();
+  applyTakes();
+  applyLongform(); // after the takes and loudness: it switches them off for a long-form duration
   $("generate").disabled = !!state.job;
   document.body.dataset.ready = "1";
 }

@@ -1,9 +1,12 @@
 // The form's checks before anything is sent: a prompt that is not blank, and every number within the loaded
-// model's bounds from GET /models (`fields`), worded as the service words its own refusal. No DOM changes: the
-// caller shows what comes back (messages.showProblems).
+// model's bounds from GET /models (`fields`), worded as the service words its own refusal: long-form durations in
+// text to audio only, the takes, the long-form windows. No DOM changes (but opening the windows' box when they
+// are wrong): the caller shows what comes back (messages.showProblems).
 
 import { fmt } from "./util.js";
 import { state } from "./state.js";
+import { checkLongform, longformFields } from "./longform.js";
+import { checkTakes } from "./takes.js";
 
 const INTEGERS = new Set(["num_inference_steps", "seed"]);
 
@@ -26,10 +29,13 @@ export function checkForm(body, bad = []) {
     const lo = b.minimum;
     let hi = b.maximum;
     let more = "";
-    const longform = name === "duration" && state.mode === "text" && longformMax();
-    if (longform && longform > hi) {
+    const longform = name === "duration" ? longformMax() : null;
+    if (longform && longform > hi && state.mode === "text") {
       more = ` (up to ${fmt(longform)} s as long-form audio)`; // POST /jobs makes longer clips window by window
       hi = longform;
+    } else if (longform && longform > hi) {
+      // long-form audio continues itself from text: it takes no source (init_audio_b64 / inpaint_audio_b64)
+      more = ` (long-form audio, up to ${fmt(longform)} s, is made from text only: it takes no source)`;
     }
     if (!Number.isFinite(v)) out.push({ field: name, msg: "not a number" });
     else if (INTEGERS.has(name) && !Number.isInteger(v)) out.push({ field: name, msg: "must be a whole number" });
@@ -38,11 +44,15 @@ export function checkForm(body, bad = []) {
       out.push({ field: name, msg: `must be between ${fmt(lo)} and ${fmt(b.maximum)}${model}${more}` });
     }
   }
+  // long-form's windows, and the takes (several only where the request is not long-form: takes.js's control is
+  // switched off there, and nothing is sent for it)
+  out.push(...checkTakes(body), ...checkLongform(body));
   return out;
 }
 
-// The longest clip POST /jobs makes as a chain of windows (GET /models `capabilities.max_longform_s`), if any.
+// The longest clip POST /jobs makes as a chain of windows (GET /models `fields.longform.max_duration`, or
+// `capabilities.max_longform_s`), if any.
 function longformMax() {
-  const c = (state.models && state.models.capabilities) || {};
-  return typeof c.max_longform_s === "number" ? c.max_longform_s : null;
+  const lf = longformFields();
+  return lf ? lf.max_duration : null;
 }

@@ -1,8 +1,10 @@
 // The output's duration in the editing modes: its bounds, starting it from the source's length, the hint
-// under the field, and the timeline (in seconds) that the source and its regions are drawn on.
+// under the field (with long-form's bound in text to audio), and the timeline (in seconds) that the source and
+// its regions are drawn on.
 
 import { $, fmt } from "./util.js";
 import { state } from "./state.js";
+import { longformDurationHint, updateLongform } from "./longform.js";
 
 function durationBounds() {
   const f = state.models.fields.duration;
@@ -29,6 +31,7 @@ export function durationHint() {
   if (!state.models) return;
   const f = state.models.fields.duration;
   let text = `${fmt(f.minimum)}–${fmt(f.maximum)} s, default ${fmt(f.default)}`;
+  if (state.mode === "text") text += longformDurationHint();
   if (state.mode !== "text" && state.source) {
     text = `${fmt(f.minimum)}–${fmt(durationBounds().max)} s · source ${state.source.seconds.toFixed(2)} s`;
     if (state.mode === "inpaint" && state.caps.continuation) text += "; longer continues it";
@@ -50,6 +53,7 @@ export function durationHint() {
   } else {
     note.textContent = "";
   }
+  updateLongform(); // the mode or the duration changed: long-form's note and what it switches off
 }
 
 export function viewSeconds() {

@@ -5,9 +5,20 @@ import { $ } from "./util.js";
 import { state } from "./state.js";
 import { loras } from "./loras.js";
 import { loudnessBody } from "./loudness.js";
+import { takesBody } from "./takes.js";
+import { longformBody } from "./longform.js";
 
 const NUMERIC = ["duration", "num_inference_steps", "guidance_scale", "seed"];
-export const FIELDS = ["prompt", "negative_prompt", ...NUMERIC, "format", "loudness"];
+export const FIELDS = [
+  "prompt",
+  "negative_prompt",
+  ...NUMERIC,
+  "num_outputs",
+  "format",
+  "loudness",
+  "window_s",
+  "overlap_s",
+];
 
 export function randomSeed() {
   const max = state.models ? state.models.fields.seed.maximum : 2 ** 32 - 1;
@@ -31,6 +42,9 @@ export function readForm() {
     if (input.value.trim() === "") continue; // the service's default (or a random seed)
     body[name] = Number(input.value);
   }
+  const takes = takesBody();
+  if (takes !== undefined) body.num_outputs = takes;
+  longformBody(body); // window_s / overlap_s, where the request is long-form and they were filled in
   body.format = $("format").value;
   const level = loudnessBody();
   if (level !== undefined) body.loudness = level;

@@ -10,6 +10,8 @@ import { setSource, useAsSource } from "./source.js";
 import { editText, showResult } from "./player.js";
 import { loras, lorasText } from "./loras.js";
 import { restoreLoudness } from "./loudness.js";
+import { restoreTakes, takesText } from "./takes.js";
+import { longformText, restoreLongform } from "./longform.js";
 import { clearFieldErrors } from "./messages.js";
 
 const HISTORY_MAX = 8;
@@ -121,7 +123,9 @@ export const saved = (() => {
     meta.textContent =
       (e.edit ? `${editText(e)} · ` : "") +
       `${fmt(e.duration)} s · ${e.num_inference_steps} steps · guidance ${fmt(e.guidance_scale)} · ` +
-      `seed ${e.seed} · ${e.format}` +
+      (e.takes && e.takes.length > 1 ? takesText(e) : `seed ${e.seed}`) +
+      ` · ${e.format}` +
+      (e.longform ? ` · long-form, ${longformText(e.longform)}` : "") +
       (e.loras && e.loras.length ? ` · LoRA ${lorasText(e.loras)}` : "") +
       ` · ${when}`;
     const url = urls.get(e.id) || URL.createObjectURL(e.blob);
@@ -152,8 +156,8 @@ export const saved = (() => {
   return { add, render, clear };
 })();
 
-// Every setting of the entry back into the form: the fields, the adapters with their controls, and for an edit
-// its mode, source, strength and regions.
+// Every setting of the entry back into the form: the fields, the takes, the adapters with their controls, the
+// loudness, a long-form clip's windows, and for an edit its mode, source, strength and regions.
 function reuse(e) {
   clearFieldErrors();
   $("prompt").value = e.prompt;
@@ -165,6 +169,7 @@ function reuse(e) {
   $("format").value = e.format;
   loras.restore(e.loras || []);
   restoreLoudness(e.loudness ?? null);
+  restoreTakes(e.num_outputs || 1);
   if (e.edit && state.caps && (e.edit.mode === "a2a" ? state.caps.audioToAudio : state.caps.inpainting)) {
     // an edit comes back with its source, strength and regions
     setMode(e.edit.mode);
@@ -185,5 +190,6 @@ function reuse(e) {
     setMode("text");
     $("duration").value = e.duration;
   }
+  restoreLongform(e); // its windows, and what a long-form duration switches off (takes, loudness) or back on
   $("prompt").focus();
 }

@@ -8,6 +8,7 @@ import { clearFieldErrors, showApiError, showError, showProblems } from "./messa
 import { readForm } from "./form.js";
 import { checkForm } from "./checks.js";
 import { checkLoudness } from "./loudness.js";
+import { longformPlan, updateLongform, windowText } from "./longform.js";
 import { loras } from "./loras.js";
 import { bodyWithAudio, sourceBase64 } from "./source.js";
 import { showRegionsError } from "./regions.js";
@@ -58,7 +59,9 @@ export async function generate(ev) {
   if (state.job || !state.models) return;
   clearFieldErrors();
   showError("");
+  updateLongform(); // what long-form audio switches off is off before the form is read
   const { body, bad } = readForm();
+  const plan = longformPlan();
   // checked here first (the prompt, GET /models' ranges, the adapters' controls): nothing is sent until it is right
   const problems = [...checkForm(body, bad), ...checkLoudness(body)];
   const adapterProblems = loras.check();
@@ -69,6 +72,8 @@ export async function generate(ev) {
   const edit = state.mode === "text" ? null : checkEdit(body);
   if (edit === false) return; // the reason is shown; nothing was sent
   const job = { id: null, abort: new AbortController(), started: performance.now(), cancelling: false };
+  // long-form: one window's steps, so that the steps counted over every window also say which window runs
+  job.perWindow = plan ? (body.num_inference_steps ?? state.models.fields.num_inference_steps.default) : null;
   state.job = job;
   setBusy(true);
   let raw;
@@ -117,7 +122,7 @@ export async function generate(ev) {
     }
   }
   if (!last) last = await pollUntilEnd(job); // the stream broke: ask instead
-  await onTerminal(job, last, body, edit);
+  await onTerminal(job, last, body, edit, plan);
 }
 
 // Checks an editing request before anything is sent and adds its fields to `body`. Returns what the
@@ -164,7 +169,8 @@ function onEvent(e) {
     setProgress("Starting…"); // picked up by the worker; the step count is not known yet
   } else if (e.type === "step") {
     const left = etaText(e.eta_s);
-    setProgress(`Step ${e.step} of ${e.total}${left ? ` · ${left}` : ""}`, e.step, e.total);
+    const win = state.job ? windowText(e.step, e.total, state.job.perWindow) : "";
+    setProgress(`Step ${e.step} of ${e.total}${win ? ` · ${win}` : ""}${left ? ` · ${left}` : ""}`, e.step, e.total);
   }
 }
 
@@ -189,7 +195,7 @@ function finish() {
   setBusy(false);
 }
 
-async function onTerminal(job, last, body, edit) {
+async function onTerminal(job, last, body, edit, plan) {
   if (last.type === "cancelled") {
     finish();
     setProgress("Cancelled.");
@@ -214,9 +220,16 @@ async function onTerminal(job, last, body, edit) {
   const r = view.result;
   const total = view.total_steps || body.num_inference_steps;
   setProgress(`Done in ${r.timings && r.timings.total_s != null ? r.timings.total_s.toFixed(2) : "?"} s`, total, total);
-  let bytes;
+  const type = MIME[r.format] || "application/octet-stream";
+  // one file, or each take's (`outputs`: /jobs/{id}/audio?index=i with its seed)
+  const many = Array.isArray(r.outputs) && r.outputs.length > 1 ? r.outputs : null;
+  let takes;
   try {
-    bytes = new Uint8Array(await apiBytes(r.audio_url.replace(/^\//, "")));
+    const fetchTake = async (t) => {
+      const blob = new Blob([await apiBytes(t.audio_url.replace(/^\//, ""))], { type });
+      return { seed: t.seed, url: t.audio_url, blob };
+    };
+    takes = await Promise.all((many || [{ seed: r.seed, audio_url: r.audio_url }]).map(fetchTake));
   } catch (err) {
     showApiError(err, "Could not fetch the audio");
     return;
@@ -227,14 +240,20 @@ async function onTerminal(job, last, body, edit) {
     prompt: body.prompt,
     negative_prompt: body.negative_prompt || "",
     duration: r.duration,
-    num_inference_steps: total,
+    num_inference_steps: plan ? job.perWindow : total, // a long-form job's total counts every window's steps
     guidance_scale: body.guidance_scale ?? state.models.fields.guidance_scale.default,
     seed: r.seed,
     format: r.format,
     sample_rate: r.sample_rate,
     channels: r.channels,
     timings: r.timings || {},
-    blob: new Blob([bytes], { type: MIME[r.format] || "application/octet-stream" }),
+    blob: takes[0].blob,
+    num_outputs: takes.length,
+    takes: many ? takes : null, // [{seed, url, blob}] in seed order, with several takes
+    // long-form: the windows as asked (empty: the service's defaults) and as made
+    window_s: body.window_s ?? null,
+    overlap_s: body.overlap_s ?? null,
+    longform: plan ? { windows: plan.count, window_s: plan.window, overlap_s: plan.overlap } : null,
     // the adapters as requested, with every control (meta.loras confirms the names and strengths applied)
     loras: appliedLoras(body.loras, view.meta && view.meta.loras),
     loudness: body.loudness ?? null, // as asked; `level` is what the service did (meta.loudness)

@@ -6,6 +6,7 @@ import { $, fmt } from "./util.js";
 import { state } from "./state.js";
 
 const DEFAULT_LUFS = -14; // the common streaming target, offered when "Target LUFS" is first chosen
+let blocked = null; // why no level can be asked for now (long-form audio), or null
 
 function bounds() {
   const f = state.models && state.models.fields ? state.models.fields.loudness : null;
@@ -29,16 +30,41 @@ export function applyLoudness() {
   if (!b) return;
   $("loudness").min = b.minimum;
   $("loudness").max = b.maximum;
-  $("loudness-hint").textContent =
-    `Peak: the loudest sample at ${fmt(b.peak_dbfs)} dBFS. LUFS: ${fmt(b.minimum)} to ${fmt(b.maximum)} ` +
-    `(streaming: about -14), the true peak kept under ${fmt(b.true_peak_ceiling_dbtp)} dBTP.`;
+  showHint();
+  showTarget();
+}
+
+function showHint() {
+  const b = bounds();
+  if (!b) return;
+  $("loudness-hint").textContent = blocked
+    ? blocked
+    : `Peak: the loudest sample at ${fmt(b.peak_dbfs)} dBFS. LUFS: ${fmt(b.minimum)} to ${fmt(b.maximum)} ` +
+      `(streaming: about -14), the true peak kept under ${fmt(b.true_peak_ceiling_dbtp)} dBTP.`;
+}
+
+// Long-form audio takes no level: the control is switched off and says why (null: on again). What was chosen
+// stays, for when the request is short again.
+export function blockLoudness(why) {
+  const mode = $("loudness-mode");
+  const was = blocked;
+  blocked = why || null;
+  if (blocked && !was) {
+    mode.dataset.kept = mode.value; // shown as "As generated" meanwhile: that is what long-form audio is
+    mode.value = "none";
+  } else if (!blocked && was) {
+    mode.value = mode.dataset.kept || "none";
+  }
+  mode.disabled = !!blocked;
+  $("loudness").disabled = !!blocked;
+  showHint();
   showTarget();
 }
 
 // The body's `loudness`: undefined for "as generated" (the service's default, so nothing is sent), "peak", a
-// number of LUFS, or NaN when the box holds no number (checkLoudness says so).
+// number of LUFS, or NaN when the box holds no number (checkLoudness says so). Nothing while switched off.
 export function loudnessBody() {
-  if (!bounds()) return undefined;
+  if (!bounds() || blocked) return undefined;
   const mode = $("loudness-mode").value;
   if (mode === "peak") return "peak";
   if (mode !== "lufs") return undefined;
@@ -61,7 +87,9 @@ export function checkLoudness(body) {
 // History's "Reuse settings": the level the entry asked for.
 export function restoreLoudness(asked) {
   const lufs = typeof asked === "number";
-  $("loudness-mode").value = lufs ? "lufs" : asked === "peak" ? "peak" : "none";
+  const mode = lufs ? "lufs" : asked === "peak" ? "peak" : "none";
+  if (blocked) $("loudness-mode").dataset.kept = mode; // shown once the request is short again
+  else $("loudness-mode").value = mode;
   if (lufs) $("loudness").value = asked;
   showTarget();
 }

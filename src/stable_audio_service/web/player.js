@@ -7,6 +7,8 @@ import { channelsOf, decodeBlob, monoOf } from "./audio.js";
 import { clearCanvas, drawSpectrogram, drawWaveform } from "./draw.js";
 import { lorasText } from "./loras.js";
 import { loudnessText } from "./loudness.js";
+import { longformText } from "./longform.js";
+import { markShownTake, renderTakes, takesText } from "./takes.js";
 
 // What the result panel shows, kept for the A/B switch and for redraws.
 const panel = {
@@ -14,6 +16,7 @@ const panel = {
   sourceUrl: null, // the shown entry's source (edits), for the A/B toggle
   decoded: null, // {channels, mono, sampleRate} of the shown clip
   decodedSource: null, // the same for the shown entry's source
+  takeUrls: [], // the object URLs of the shown entry's takes (several takes: each has its own player)
   ab: "after",
 };
 
@@ -28,8 +31,8 @@ function slug(text) {
   return s || "audio";
 }
 
-function filename(entry) {
-  return `${slug(entry.prompt)}-seed${entry.seed}.${entry.format}`;
+function filename(entry, seed = entry.seed) {
+  return `${slug(entry.prompt)}-seed${seed}.${entry.format}`;
 }
 
 function fact(dl, term, value) {
@@ -75,9 +78,14 @@ export function editText(entry) {
 
 export async function showResult(entry) {
   state.shown = entry;
+  state.take = 0;
   panel.ab = "after";
   if (panel.url) URL.revokeObjectURL(panel.url);
   if (panel.sourceUrl) URL.revokeObjectURL(panel.sourceUrl);
+  for (const url of panel.takeUrls) URL.revokeObjectURL(url);
+  // several takes: a grid of them, each with its own player and download (one take: no grid, as it always was)
+  const many = !!(entry.takes && entry.takes.length > 1);
+  panel.takeUrls = renderTakes(many ? entry : {}, 0, (seed) => filename(entry, seed), (i) => pickTake(entry, i));
   panel.url = URL.createObjectURL(entry.blob);
   panel.sourceUrl = entry.edit ? URL.createObjectURL(entry.edit.source.blob) : null;
   panel.decodedSource = null;
@@ -86,13 +94,17 @@ export async function showResult(entry) {
   $("result-prompt").textContent = entry.prompt;
   const player = $("player");
   player.src = panel.url;
+  player.hidden = many && !entry.edit; // an edit's A/B plays the take shown, before or after
+  $("download").hidden = many;
   $("ab").hidden = !entry.edit;
   setABButtons();
   const dl = $("result-facts");
   dl.replaceChildren();
   if (entry.edit) fact(dl, "Edit", editText(entry));
-  fact(dl, "Seed", String(entry.seed));
+  if (many) fact(dl, "Seeds", `${entry.takes[0].seed}–${entry.takes.at(-1).seed} (${entry.takes.length} takes)`);
+  else fact(dl, "Seed", String(entry.seed));
   fact(dl, "Duration", `${fmt(entry.duration)} s`);
+  if (entry.longform) fact(dl, "Long-form", longformText(entry.longform));
   fact(dl, "Steps · guidance", `${entry.num_inference_steps} · ${fmt(entry.guidance_scale)}`);
   if (entry.loras && entry.loras.length) fact(dl, "LoRA", lorasText(entry.loras));
   if (entry.negative_prompt) fact(dl, "Negative prompt", entry.negative_prompt);
@@ -112,16 +124,7 @@ export async function showResult(entry) {
   a.href = panel.url;
   a.download = filename(entry);
   a.textContent = `Download ${a.download}`;
-  for (const id of ["waveform", "spectrogram"]) delete $(id).dataset.drawn;
-  try {
-    const audio = await decodeBlob(entry.blob, entry.sample_rate);
-    const channels = channelsOf(audio);
-    panel.decoded = { channels, mono: monoOf(channels), sampleRate: audio.sampleRate };
-  } catch (err) {
-    panel.decoded = null;
-    for (const id of ["waveform", "spectrogram"]) clearCanvas($(id));
-    $("spectrogram").setAttribute("aria-label", `No picture: this browser cannot decode ${entry.format}`);
-  }
+  await decodeShown(entry, entry.blob);
   if (entry.edit) {
     try {
       const audio = await decodeBlob(entry.edit.source.blob, entry.sample_rate);
@@ -134,11 +137,40 @@ export async function showResult(entry) {
   drawResult();
 }
 
+// The result's pictures are of `blob` (the entry's clip, or one of its takes).
+async function decodeShown(entry, blob) {
+  for (const id of ["waveform", "spectrogram"]) delete $(id).dataset.drawn;
+  try {
+    const audio = await decodeBlob(blob, entry.sample_rate);
+    const channels = channelsOf(audio);
+    panel.decoded = { channels, mono: monoOf(channels), sampleRate: audio.sampleRate };
+  } catch (err) {
+    panel.decoded = null;
+    for (const id of ["waveform", "spectrogram"]) clearCanvas($(id));
+    $("spectrogram").setAttribute("aria-label", `No picture: this browser cannot decode ${entry.format}`);
+  }
+}
+
+// A take's "Pictures": the waveform and spectrogram (and "Edit this clip") are of take i from now on.
+async function pickTake(entry, i) {
+  if (state.shown !== entry || !entry.takes[i]) return;
+  state.take = i;
+  markShownTake(i, entry.takes.length);
+  if (entry.edit) {
+    if (panel.url) URL.revokeObjectURL(panel.url);
+    panel.url = URL.createObjectURL(entry.takes[i].blob);
+    if (panel.ab === "after") $("player").src = panel.url;
+  }
+  await decodeShown(entry, entry.takes[i].blob);
+  if (state.shown === entry && state.take === i) drawResult();
+}
+
 // A new result is announced (a polite live region: "Result ready: …") and, when its panel is not on screen (a
 // phone's one column puts it below the form), scrolled to.
 export function revealResult(entry) {
   const seconds = `${fmt(entry.duration)} s`;
-  $("result-status").textContent = `Result ready: “${entry.prompt}”, ${seconds}, seed ${entry.seed}.`;
+  const seeds = entry.takes && entry.takes.length > 1 ? takesText(entry) : `seed ${entry.seed}`;
+  $("result-status").textContent = `Result ready: “${entry.prompt}”, ${seconds}, ${seeds}.`;
   const box = $("result").getBoundingClientRect();
   const h = window.innerHeight || document.documentElement.clientHeight;
   if (box.top < 0 || box.top > h * 0.6) {

@@ -142,10 +142,11 @@ function pickFile(file) {
   setSource(file, { name: file.name || "dropped audio", origin: "file" });
 }
 
-export function useAsSource(entry) {
+export function useAsSource(entry, take = 0) {
   if (state.mode === "text") setMode(state.caps.audioToAudio ? "a2a" : "inpaint");
-  const name = `“${entry.prompt}” (seed ${entry.seed})`;
-  setSource(entry.blob, { name, origin: "result" }).then((ok) => {
+  const clip = entry.takes && entry.takes[take] ? entry.takes[take] : entry; // one take of several
+  const name = `“${entry.prompt}” (seed ${clip.seed})`;
+  setSource(clip.blob, { name, origin: "result" }).then((ok) => {
     if (ok) $("source").scrollIntoView({ behavior: "smooth", block: "start" });
   });
 }
@@ -179,5 +180,5 @@ export function wireSource() {
     const editable = state.caps && (state.caps.audioToAudio || state.caps.inpainting);
     if (editable && e.dataTransfer && e.dataTransfer.files.length) pickFile(e.dataTransfer.files[0]);
   });
-  $("use-result").addEventListener("click", () => state.shown && useAsSource(state.shown));
+  $("use-result").addEventListener("click", () => state.shown && useAsSource(state.shown, state.take));
 }

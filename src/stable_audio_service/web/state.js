@@ -7,6 +7,7 @@ export const state = {
   caps: null, // what the loaded model can do (capabilities, or audio_inputs before it)
   job: null, // {id, abort: AbortController, started, cancelling}
   shown: null, // the history entry in the result panel
+  take: 0, // which of its takes the result panel's pictures (and "Edit this clip") are of
   mode: "text",
   source: null, // {blob, name, format, bytes, seconds, decoded, note, b64: Promise<string>|null}
   regions: [], // [{start, end}] seconds on the output's timeline (aligned with the source)
