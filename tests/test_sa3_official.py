@@ -93,6 +93,28 @@ def test_exact_parts_are_bitwise(name, case):
 
 
 @needs_fixtures
+@pytest.mark.parametrize("name", ["small-tiny", "medium-tiny"])
+def test_norm_eps_are_stabilitys(name):
+    """Every DiT RMSNorm carries the eps Stability's code gives it: the config's, else its class defaults (1e-5 for
+    the block norms, 1e-6 for the q/k norms). A config value, exact on every CPU, so pinned here: an eps off by 10x
+    moves one DiT call by only ~1e-5 of scale (measured with `./run mutants eps`: 8e-6 and 1e-5), below the
+    cross-CPU step tolerance, so the numeric stages alone cannot tell it from another CPU's rounding."""
+    import json
+
+    from stable_audio_service.models.stable_audio_3.dit import RMSNorm
+
+    config = json.loads((fixture(name).folder / "model_config.json").read_text())
+    dit = config["model"]["diffusion"]["config"]
+    block_eps = dit.get("norm_kwargs", {}).get("eps", 1e-5)
+    qk_eps = dit.get("attn_kwargs", {}).get("qk_norm_eps", 1e-6)
+    norms = {n: m.eps for n, m in fixture_model(name).dit.named_modules() if isinstance(m, RMSNorm)}
+    qk = {n: e for n, e in norms.items() if n.endswith(("q_norm", "k_norm"))}
+    blocks = {n: e for n, e in norms.items() if n not in qk}
+    assert blocks and set(blocks.values()) == {block_eps}
+    assert not qk or set(qk.values()) == {qk_eps}
+
+
+@needs_fixtures
 @pytest.mark.parametrize(("name", "case"), CASES)
 def test_text_and_conditioning_stage(name, case):
     model, fx = fixture_model(name), fixture(name)
