@@ -109,7 +109,8 @@ def test_422_names_the_field_and_is_not_retried(live):
         with pytest.raises(StableAudioError) as unknown:
             c.generate("x", durration=2.0)
         assert unknown.value.field == "durration"
-    assert sent == ["POST /predict", "POST /predict"]  # one attempt each
+    # one attempt each; the model's limits are read once (is a duration long-form?), not per call
+    assert sent == ["GET /models", "POST /predict", "POST /predict"]
 
 
 def test_token_is_required_and_sent(live):

@@ -62,9 +62,12 @@ ACCEPTED = Counter()
 
 
 def _expressible(case) -> bool:
-    """Positive data whose validity JSON Schema can state (no uploads, no conflicting client_job_id)."""
+    """Positive data whose validity JSON Schema can state (no uploads, no long-form window fields, whose validity
+    depends on the duration, no conflicting client_job_id)."""
     body = case.body if isinstance(case.body, dict) else {}
-    if any(k in body for k in ("init_audio_b64", "inpaint_audio_b64", "inpaint_regions", "init_noise_level")):
+    cross_field = ("init_audio_b64", "inpaint_audio_b64", "inpaint_regions", "init_noise_level")
+    cross_field += ("window_s", "overlap_s")
+    if any(k in body for k in cross_field):
         return False
     query = (case.query or {}).get("client_job_id")
     return query is None or body.get("client_job_id") in (None, query)

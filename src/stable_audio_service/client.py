@@ -377,8 +377,11 @@ def _needs_job(params: Mapping[str, Any], models: Callable[[], Mapping[str, Any]
     duration = params.get("duration")
     if duration is None:
         return False
-    longest = models().get("max_duration")
-    return longest is not None and float(duration) > float(longest)
+    info = models()
+    longest = info.get("max_duration")
+    # a model that cannot continue (no `capabilities.longform`) gets the duration on /predict, whose 422 names its bound
+    can_continue = bool((info.get("capabilities") or {}).get("longform"))
+    return can_continue and longest is not None and float(duration) > float(longest)
 
 
 def _accept(params: Mapping[str, Any]) -> dict[str, str]:

@@ -31,6 +31,9 @@ CAPABILITY_FIELDS = {
     "init_audio_b64": lambda caps: caps.audio_to_audio,
     "inpaint_audio_b64": lambda caps: caps.inpainting,
     "inpaint_regions": lambda caps: caps.inpainting,
+    # long-form audio is a chain of continuations (inpainting)
+    "window_s": lambda caps: caps.inpainting,
+    "overlap_s": lambda caps: caps.inpainting,
 }
 
 
