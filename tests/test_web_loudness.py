@@ -7,20 +7,11 @@ from __future__ import annotations
 import re
 
 import httpx
-import pytest
 
-from .test_web import _browser_missing, _Server, _settings, fill_fast, needs_browser, open_page
 from .test_web import browser as browser  # noqa: F401  (the module's Chromium fixture)
+from .test_web import fill_fast, needs_browser, open_page
+from .test_web import live as live  # noqa: F401  (the module's served tiny model)
 from .test_web import page as page  # noqa: F401
-
-
-@pytest.fixture(scope="module")
-def live(tiny_dir):
-    if _browser_missing():
-        pytest.skip(_browser_missing())
-    server = _Server(_settings(tiny_dir))
-    yield server
-    server.stop()
 
 
 def facts(p) -> str:
