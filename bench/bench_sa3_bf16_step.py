@@ -77,6 +77,7 @@ def build_pair(rev: str, seed: int = 0) -> tuple[Any, Any, Any]:
 def request_inputs(config: Any, duration: float, rows: int, seed: int = 1) -> dict[str, Any]:
     """What `StableAudio3Model.step` gives the DiT for one request of `duration` s (`rows` 2: under guidance)."""
     from stable_audio_service.models.stable_audio_3 import sampling
+    from stable_audio_service.models.stable_audio_3.config import DEFAULT_DURATION_PADDING_S
 
     win = sampling.window(
         duration,
@@ -84,7 +85,7 @@ def request_inputs(config: Any, duration: float, rows: int, seed: int = 1) -> di
         hop=config.hop,
         latent_align=config.latent_align,
         sample_size=config.sample_size,
-        padding_s=6.0,
+        padding_s=DEFAULT_DURATION_PADDING_S,
     )
     g = torch.Generator().manual_seed(seed)
     dit = config.dit
